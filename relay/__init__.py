@@ -1,0 +1,1 @@
+"""The chat relay: a Starlette WebSocket app on uvicorn."""

@@ -1,0 +1,156 @@
+"""The Starlette skin over the hub: the `/chat/{room}` WebSocket endpoint and the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.datastructures import QueryParams
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
+
+from relay.connection import Connection
+from relay.core import Hub, PostError
+from shared import protocol as p
+
+_POST_STATUS = {p.NAME_TAKEN: 409, p.TOO_LARGE: 413}
+
+
+class ChatEndpoint:
+    """`/chat/{room}`: negotiates the protocol, then feeds frames to the hub until disconnect.
+
+    A raw ASGI app rather than a Starlette function endpoint so the writer can hand frames to
+    the server's `send` directly, without a wrapper call per frame.
+    """
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        websocket = WebSocket(scope, receive, send)
+        json_mode = p.SUBPROTOCOL in scope.get("subprotocols", ())
+        await websocket.accept(subprotocol=p.SUBPROTOCOL if json_mode else None)
+        room = scope["path_params"]["room"]
+        try:
+            params = _join_params(websocket, self.hub.limits.history)
+        except ValueError as bad:
+            await websocket.close(p.CLOSE_POLICY, str(bad))
+            return
+        problem = p.room_error(room)
+        if problem is not None:
+            await websocket.close(p.CLOSE_POLICY, problem)
+            return
+        connection = Connection(send, json_mode, self.hub.limits.send_queue_bytes)
+        try:
+            self.hub.join(connection, room, **params)
+            while True:
+                message = await receive()
+                if message["type"] != "websocket.receive":
+                    break
+                text = message.get("text")
+                if text is None:
+                    self.hub.receive_binary(connection)
+                else:
+                    self.hub.receive(connection, text)
+        finally:
+            self.hub.leave(connection)
+            await connection.finish()
+
+
+def _join_params(websocket: WebSocket, history: int) -> dict[str, Any]:
+    query = websocket.query_params
+    backlog = _count(query, "backlog")
+    return {
+        "token": query.get("token"),
+        "epoch": query.get("epoch"),
+        "since": _count(query, "since"),
+        "backlog": None if backlog is None else min(backlog, history),
+    }
+
+
+def create_app(hub: Hub) -> Starlette:
+    async def healthz(request: Request) -> Response:
+        return JSONResponse(
+            {"status": "ok", "connections": len(hub.clients), "rooms": len(hub.rooms)}
+        )
+
+    async def rooms(request: Request) -> Response:
+        listing = [
+            {"room": room.name, "members": len(room.users), "connections": len(room.clients)}
+            for room in sorted(hub.rooms.values(), key=lambda room: room.name)
+        ]
+        return JSONResponse({"rooms": listing})
+
+    async def messages(request: Request) -> Response:
+        room = request.path_params["room"]
+        problem = p.room_error(room)
+        if problem is not None:
+            return _error(400, p.BAD_ROOM, problem)
+        if request.method == "POST":
+            return await _post(request, room)
+        try:
+            before = _count(request.query_params, "before")
+            limit = _count(request.query_params, "limit")
+        except ValueError as bad:
+            return _error(400, p.BAD_REQUEST, str(bad))
+        limit = min(limit or hub.limits.backlog, p.HISTORY_PAGE_MAX)
+        epoch, seq = hub.store.room(room)
+        page = hub.store.before(room, before, limit)
+        return JSONResponse({"room": room, "epoch": epoch, "seq": seq, "messages": page})
+
+    async def _post(request: Request, room: str) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(400, p.BAD_JSON, "body is not valid JSON")
+        if not isinstance(body, dict):
+            return _error(400, p.BAD_JSON, "body must be a JSON object")
+        sender, text = body.get("from"), body.get("text")
+        if not isinstance(sender, str) or not isinstance(text, str):
+            return _error(400, p.BAD_REQUEST, "'from' and 'text' must be strings")
+        try:
+            message = hub.post(room, sender, text)
+        except PostError as refused:
+            return _error(_POST_STATUS.get(refused.code, 400), refused.code, refused.detail)
+        return JSONResponse(message, status_code=201)
+
+    async def metrics(request: Request) -> Response:
+        body = hub.metrics.render(len(hub.clients), len(hub.rooms), hub.user_count())
+        return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
+
+    return Starlette(
+        routes=[
+            WebSocketRoute("/chat/{room}", ChatEndpoint(hub)),
+            Route("/healthz", healthz),
+            Route("/rooms", rooms),
+            Route("/rooms/{room}/messages", messages, methods=["GET", "POST"]),
+            Route("/metrics", metrics),
+        ]
+    )
+
+
+def _count(query: QueryParams, field: str) -> int | None:
+    raw = query.get(field)
+    if raw is None or raw == "":
+        return None
+    if not (raw.isascii() and raw.isdigit()):
+        raise ValueError(f"{field} must be a non-negative integer")
+    return int(raw)
+
+
+def _error(status: int, code: str, detail: str) -> Response:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+async def drain(hub: Hub, timeout: float) -> None:
+    """Close every connection with 1001 after flushing its queue; wait for them, up to `timeout`."""
+    hub.close_all(p.CLOSE_GOING_AWAY, "going away")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while hub.clients and loop.time() < deadline:
+        await asyncio.sleep(0.02)

@@ -1,0 +1,519 @@
+"""The relay's core: users, rooms, fan-out, history. Plain Python, no sockets.
+
+The hub is driven by the WebSocket layer (or by tests) through `join`, `receive`, `leave` and
+`post`, and talks back through `Client.deliver`. Every hub method runs to completion without
+awaiting, which is what makes ordering simple: an event is in every member's queue before the
+next frame is looked at, and a joiner's welcome and replay are queued before it can see any
+live event, so replay and live stream meet without a gap or a duplicate.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from coolname import generate_slug
+
+from relay.metrics import Metrics
+from relay.ratelimit import TokenBucket
+from relay.store import Store
+from relay.tokens import TokenSigner, new_subject
+from shared import protocol as p
+from shared.protocol import Event
+
+CID_MAX = 64
+CID_TTL = 300.0
+CID_KEEP = 256
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_bytes: int = 4096
+    rate: float = 5.0
+    burst: int = 20
+    flood_strikes: int = 50
+    history: int = 1000
+    backlog: int = 50
+    max_frame_bytes: int = 65536
+    send_queue_bytes: int = 1 << 20
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "max_message_bytes": self.max_message_bytes,
+            "max_frame_bytes": self.max_frame_bytes,
+            "rate_per_second": self.rate,
+            "rate_burst": self.burst,
+            "history": self.history,
+            "history_page_max": p.HISTORY_PAGE_MAX,
+        }
+
+
+class Outgoing:
+    """An event on its way to many clients, encoded at most once per protocol."""
+
+    __slots__ = ("_json", "data", "plain")
+
+    def __init__(self, data: Event, plain: str | None) -> None:
+        self.data = data
+        self.plain = plain
+        self._json: str | None = None
+
+    @property
+    def json(self) -> str:
+        encoded = self._json
+        if encoded is None:
+            encoded = self._json = p.encode(self.data)
+        return encoded
+
+
+class Client:
+    """One connection as the hub sees it; the WebSocket layer supplies delivery and closing."""
+
+    __slots__ = ("bucket", "json", "room", "strikes", "user")
+
+    def __init__(self, json: bool) -> None:
+        self.json = json
+        self.user: User | None = None
+        self.room: Room | None = None
+        self.bucket: TokenBucket | None = None
+        self.strikes = 0
+
+    def deliver(self, event: Outgoing) -> bool:
+        """Queue `event` without blocking; False when the client is too far behind to keep."""
+        raise NotImplementedError
+
+    def close(self, code: int, reason: str, flush: bool) -> None:
+        """Close after sending what is queued (`flush`) or at once, dropping it."""
+        raise NotImplementedError
+
+
+class User:
+    """An identity with at least one open connection; all its connections share one name."""
+
+    __slots__ = ("cids", "clients", "name", "subject")
+
+    def __init__(self, subject: str, name: str) -> None:
+        self.subject = subject
+        self.name = name
+        self.clients: set[Client] = set()
+        self.cids: dict[str, tuple[float, Event]] = {}
+
+
+class Room:
+    """Live state of a room: exists while it has members. Its history lives in the store."""
+
+    __slots__ = ("clients", "name", "users")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.clients: dict[Client, None] = {}
+        self.users: dict[User, int] = {}
+
+    def member_names(self) -> list[str]:
+        return sorted(user.name for user in self.users)
+
+
+class Hub:
+    def __init__(
+        self,
+        store: Store,
+        signer: TokenSigner,
+        limits: Limits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.signer = signer
+        self.limits = limits or Limits()
+        self.clock = clock
+        self.metrics = Metrics()
+        self.rooms: dict[str, Room] = {}
+        self.clients: set[Client] = set()
+        self._users: dict[str, User] = {}
+        self._names: dict[str, User] = {}
+        self._ids = itertools.count(1)
+        self._id_prefix = secrets.token_hex(4)
+
+    # -- connections --------------------------------------------------------------------------
+
+    def join(
+        self,
+        client: Client,
+        room_name: str,
+        token: str | None = None,
+        backlog: int | None = None,
+        since: int | None = None,
+        epoch: str | None = None,
+    ) -> None:
+        """Admit `client` to a room: welcome and replay (JSON) first, then the live stream."""
+        user = self._login(token)
+        room = self.rooms.get(room_name)
+        if room is None:
+            room = self.rooms[room_name] = Room(room_name)
+        client.user = user
+        client.room = room
+        client.bucket = TokenBucket(self.limits.rate, self.limits.burst, self.clock())
+        self.clients.add(client)
+        self.metrics.connections_total += 1
+        if client.json:
+            self._welcome(client, room, backlog, since, epoch)
+        user.clients.add(client)
+        room.clients[client] = None
+        count = room.users.get(user, 0)
+        room.users[user] = count + 1
+        joined = Outgoing(
+            {"type": "join", "room": room.name, "name": user.name, "ts": p.now_rfc3339()},
+            f"{user.name} :: joined the chat",
+        )
+        if count == 0:
+            self._fanout(room, joined)
+        else:
+            # The user is already here on another device: no announcement, but this
+            # connection still learns its own name the way a plain client expects.
+            self._send(client, joined)
+
+    def _welcome(
+        self,
+        client: Client,
+        room: Room,
+        backlog: int | None,
+        since: int | None,
+        epoch: str | None,
+    ) -> None:
+        assert client.user is not None
+        user = client.user
+        epoch_now, seq = self.store.room(room.name)
+        welcome: Event = {
+            "type": "welcome",
+            "room": room.name,
+            "you": user.name,
+            "token": self.signer.issue(user.subject, user.name),
+            "members": sorted({*room.member_names(), user.name}),
+            "seq": seq,
+            "epoch": epoch_now,
+            "limits": self.limits.describe(),
+        }
+        count = self.limits.backlog if backlog is None else max(0, backlog)
+        replay: list[Event] | None = None
+        if since is not None:
+            if epoch == epoch_now:
+                replay = self.store.after(room.name, since)
+            welcome["recovered"] = replay is not None
+        if replay is None:
+            replay = self.store.before(room.name, None, count)
+        welcome["replay"] = len(replay)
+        self._send(client, Outgoing(welcome, None))
+        for message in replay:
+            self._send(client, Outgoing({**message, "replay": True}, None))
+
+    def _login(self, token: str | None) -> User:
+        claims = self.signer.verify(token) if token else None
+        if claims is not None:
+            subject, token_name = claims
+            user = self._users.get(subject)
+            if user is not None:
+                return user
+            name = self.store.identity_name(subject) or token_name
+            if self._names.get(name.casefold()) is not None:
+                name = self._fresh_name()
+        else:
+            subject, name = new_subject(), self._fresh_name()
+        user = User(subject, name)
+        self._users[subject] = user
+        self._names[name.casefold()] = user
+        self.store.set_identity_name(subject, name)
+        return user
+
+    def _fresh_name(self) -> str:
+        while True:
+            name = generate_slug(2)
+            if len(name) <= p.NAME_MAX and name.casefold() not in self._names:
+                return name
+
+    def leave(self, client: Client) -> None:
+        """Forget `client`; the user leaves the room with its last connection there."""
+        room, user = client.room, client.user
+        if room is None or user is None:
+            return
+        client.room = None
+        self.clients.discard(client)
+        room.clients.pop(client, None)
+        user.clients.discard(client)
+        count = room.users.get(user, 0) - 1
+        if count > 0:
+            room.users[user] = count
+        else:
+            room.users.pop(user, None)
+            if room.clients:
+                ts = p.now_rfc3339()
+                left = {"type": "leave", "room": room.name, "name": user.name, "ts": ts}
+                self._fanout(room, Outgoing(left, f"{user.name} :: left the chat"))
+        if not room.clients and self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+        if not user.clients:
+            self._users.pop(user.subject, None)
+            if self._names.get(user.name.casefold()) is user:
+                del self._names[user.name.casefold()]
+
+    # -- frames from clients ------------------------------------------------------------------
+
+    def receive(self, client: Client, text: str) -> None:
+        """Handle one text frame from a client."""
+        if client.room is None or not self._admit(client):
+            return
+        if not client.json:
+            self._say(client, text, None)
+            return
+        try:
+            request = json.loads(text)
+        except ValueError:
+            self._error(client, p.BAD_JSON, "frame is not valid JSON")
+            return
+        if not isinstance(request, dict):
+            self._error(client, p.BAD_JSON, "frame must be a JSON object")
+            return
+        kind = request.get("type")
+        handler = self._handlers.get(kind) if isinstance(kind, str) else None
+        if handler is None:
+            self._error(client, p.UNKNOWN_TYPE, f"unknown type {kind!r}"[:200])
+            return
+        try:
+            handler(self, client, request)
+        except _BadRequest as bad:
+            self._error(client, p.BAD_REQUEST, str(bad))
+
+    def receive_binary(self, client: Client) -> None:
+        if client.room is not None and self._admit(client):
+            self._error(client, p.BAD_FRAME, "binary frames are not supported; send text")
+
+    def _admit(self, client: Client) -> bool:
+        assert client.bucket is not None
+        if client.bucket.take(self.clock()):
+            client.strikes = 0
+            return True
+        client.strikes += 1
+        if client.strikes > self.limits.flood_strikes:
+            self.metrics.floods += 1
+            self.leave(client)
+            client.close(p.CLOSE_POLICY, "flood: too many messages", flush=True)
+        else:
+            self._error(client, p.RATE_LIMITED, "too many messages; slow down")
+        return False
+
+    def _on_say(self, client: Client, request: Event) -> None:
+        cid = request.get("cid")
+        if cid is not None and not (isinstance(cid, str) and 0 < len(cid) <= CID_MAX):
+            raise _BadRequest(f"'cid' must be a string of 1-{CID_MAX} characters")
+        self._say(client, _text(request, "text"), cid)
+
+    def _say(self, client: Client, text: str, cid: str | None) -> None:
+        room, user = client.room, client.user
+        assert room is not None and user is not None
+        if not self._text_ok(client, text):
+            return
+        if cid is not None:
+            sent = self._recent_cid(user, cid)
+            if sent is not None:
+                self._send(client, Outgoing(sent, None))
+                return
+        message = self._message(room.name, user.name, text)
+        if cid is not None:
+            message["cid"] = cid
+            user.cids[cid] = (self.clock(), message)
+        self._fanout(room, Outgoing(message, f"{user.name} :: {text}"))
+
+    def _message(self, room: str, sender: str, text: str) -> Event:
+        """A new room message, numbered and kept in the room's history."""
+        message: Event = {
+            "type": "message",
+            "room": room,
+            "id": self._next_id(),
+            "seq": self.store.room(room)[1] + 1,
+            "ts": p.now_rfc3339(),
+            "from": sender,
+            "text": text,
+        }
+        self.store.append(room, message)
+        self.metrics.messages_in += 1
+        return message
+
+    def _recent_cid(self, user: User, cid: str) -> Event | None:
+        now = self.clock()
+        if len(user.cids) > CID_KEEP:
+            for key in [key for key, (at, _) in user.cids.items() if now - at > CID_TTL]:
+                del user.cids[key]
+            while len(user.cids) > CID_KEEP:
+                del user.cids[next(iter(user.cids))]
+        seen = user.cids.get(cid)
+        return seen[1] if seen is not None and now - seen[0] <= CID_TTL else None
+
+    def _text_ok(self, client: Client, text: str) -> bool:
+        limit = self.limits.max_message_bytes
+        if not text.strip():
+            self._error(client, p.EMPTY, "message text is empty")
+            return False
+        if len(text) * 4 > limit and len(text.encode()) > limit:
+            self._error(client, p.TOO_LARGE, f"message is longer than {limit} bytes")
+            return False
+        return True
+
+    def _on_nick(self, client: Client, request: Event) -> None:
+        user = client.user
+        assert user is not None
+        new = _text(request, "name")
+        problem = p.name_error(new)
+        if problem is not None:
+            self._error(client, p.BAD_NAME, problem)
+            return
+        holder = self._names.get(new.casefold())
+        if holder is not None and holder is not user:
+            self._error(client, p.NAME_TAKEN, f"{new} is already taken")
+            return
+        old = user.name
+        if new == old:
+            return
+        del self._names[old.casefold()]
+        self._names[new.casefold()] = user
+        user.name = new
+        self.store.set_identity_name(user.subject, new)
+        ts = p.now_rfc3339()
+        for room in {c.room for c in list(user.clients) if c.room is not None}:
+            event = {"type": "nick", "room": room.name, "old": old, "new": new, "ts": ts}
+            self._fanout(room, Outgoing(event, f"{old} :: is now known as {new}"))
+
+    def _on_dm(self, client: Client, request: Event) -> None:
+        sender = client.user
+        assert sender is not None
+        to, text = _text(request, "to"), _text(request, "text")
+        recipient = self._names.get(to.casefold())
+        if recipient is None:
+            self._error(client, p.NO_SUCH_USER, f"nobody called {to} is connected")
+            return
+        if not self._text_ok(client, text):
+            return
+        event = {
+            "type": "dm",
+            "id": self._next_id(),
+            "ts": p.now_rfc3339(),
+            "from": sender.name,
+            "to": recipient.name,
+            "text": text,
+        }
+        out = Outgoing(event, f"{sender.name} -> {recipient.name} :: {text}")
+        self.metrics.dms += 1
+        self._deliver_all(recipient.clients | sender.clients, out)
+
+    def _on_who(self, client: Client, request: Event) -> None:
+        room = client.room
+        assert room is not None
+        members = {"type": "members", "room": room.name, "members": room.member_names()}
+        self._send(client, Outgoing(members, None))
+
+    def _on_history(self, client: Client, request: Event) -> None:
+        room = client.room
+        assert room is not None
+        before = request.get("before")
+        limit = request.get("limit", p.HISTORY_PAGE_MAX)
+        if before is not None and not _is_int(before):
+            raise _BadRequest("'before' must be an integer seq")
+        if not _is_int(limit) or limit < 1:
+            raise _BadRequest("'limit' must be a positive integer")
+        messages = self.store.before(room.name, before, min(limit, p.HISTORY_PAGE_MAX))
+        reply = {"type": "history", "room": room.name, "before": before, "messages": messages}
+        self._send(client, Outgoing(reply, None))
+
+    _handlers: ClassVar[dict[str, Callable[[Hub, Client, Event], None]]] = {
+        "say": _on_say,
+        "nick": _on_nick,
+        "dm": _on_dm,
+        "who": _on_who,
+        "history": _on_history,
+    }
+
+    # -- HTTP -----------------------------------------------------------------------------------
+
+    def post(self, room_name: str, sender: str, text: str) -> Event:
+        """A message posted over HTTP by a script or bot; raises `PostError` when refused."""
+        problem = p.room_error(room_name)
+        if problem is not None:
+            raise PostError(p.BAD_ROOM, problem)
+        problem = p.name_error(sender)
+        if problem is not None:
+            raise PostError(p.BAD_NAME, problem)
+        if sender.casefold() in self._names:
+            raise PostError(p.NAME_TAKEN, f"{sender} is a connected user's name")
+        if not text.strip():
+            raise PostError(p.EMPTY, "message text is empty")
+        if len(text.encode()) > self.limits.max_message_bytes:
+            raise PostError(p.TOO_LARGE, f"message is longer than {self.limits.max_message_bytes}")
+        message = self._message(room_name, sender, text)
+        message["via"] = "http"
+        room = self.rooms.get(room_name)
+        if room is not None:
+            self._fanout(room, Outgoing(message, f"{sender} :: {text}"))
+        return message
+
+    # -- shutdown -------------------------------------------------------------------------------
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Ask every connection to flush what it has queued and close."""
+        for client in list(self.clients):
+            client.close(code, reason, flush=True)
+
+    # -- delivery -------------------------------------------------------------------------------
+
+    def _fanout(self, room: Room, event: Outgoing) -> None:
+        behind = [client for client in room.clients if not client.deliver(event)]
+        self.metrics.messages_out += len(room.clients)
+        self._drop_slow(behind)
+
+    def _deliver_all(self, clients: set[Client], event: Outgoing) -> None:
+        self._drop_slow([client for client in clients if not client.deliver(event)])
+
+    def _send(self, client: Client, event: Outgoing) -> None:
+        if not client.deliver(event):
+            self._drop_slow([client])
+
+    def _drop_slow(self, clients: list[Client]) -> None:
+        for client in clients:
+            if client.room is not None:
+                self.metrics.slow_consumers += 1
+                self.leave(client)
+                client.close(p.CLOSE_SLOW_CONSUMER, "too slow: send queue full", flush=False)
+
+    def _error(self, client: Client, code: str, detail: str) -> None:
+        self.metrics.errors[code] += 1
+        event = {"type": "error", "code": code, "detail": detail}
+        self._send(client, Outgoing(event, f"* error {code}: {detail}"))
+
+    def _next_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids):x}"
+
+    def user_count(self) -> int:
+        return len(self._users)
+
+
+class PostError(Exception):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+class _BadRequest(Exception):
+    """A request whose fields have the wrong shape; answered with `error bad_request`."""
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _text(request: Event, field: str) -> str:
+    value = request.get(field)
+    if not isinstance(value, str):
+        raise _BadRequest(f"'{field}' must be a string")
+    return value

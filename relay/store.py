@@ -1,0 +1,99 @@
+"""Where room history and identities live.
+
+The hub talks to storage only through `Store`, so a durable backend can replace the in-memory
+default without touching fan-out. Calls are synchronous and must not block: a backend that
+writes to disk queues the write and does it off the event loop.
+"""
+
+from __future__ import annotations
+
+import secrets
+from abc import ABC, abstractmethod
+from collections import deque
+
+from shared.protocol import Event
+
+
+class Store(ABC):
+    """History per room (messages with their epoch and seq) and the name of each identity."""
+
+    @abstractmethod
+    def room(self, room: str) -> tuple[str, int]:
+        """The room's history epoch and latest seq, creating an empty history on first use."""
+
+    @abstractmethod
+    def append(self, room: str, message: Event) -> None:
+        """Keep `message`, whose seq is the room's latest plus one."""
+
+    @abstractmethod
+    def after(self, room: str, seq: int) -> list[Event] | None:
+        """Every kept message with a seq above `seq`; None when some of them are no longer kept."""
+
+    @abstractmethod
+    def before(self, room: str, before: int | None, limit: int) -> list[Event]:
+        """Up to `limit` of the newest kept messages with a seq below `before`, oldest first."""
+
+    @abstractmethod
+    def identity_name(self, subject: str) -> str | None:
+        """The name an identity last had, if the store knows it."""
+
+    @abstractmethod
+    def set_identity_name(self, subject: str, name: str) -> None:
+        """Remember the name an identity now has."""
+
+
+class _Log:
+    __slots__ = ("epoch", "messages", "seq")
+
+    def __init__(self, limit: int) -> None:
+        self.epoch = secrets.token_hex(6)
+        self.seq = 0
+        self.messages: deque[Event] = deque(maxlen=limit)
+
+
+class MemoryStore(Store):
+    """The last `limit` messages of each room, kept until the process ends."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        self._limit = limit
+        self._logs: dict[str, _Log] = {}
+        self._names: dict[str, str] = {}
+
+    def _log(self, room: str) -> _Log:
+        log = self._logs.get(room)
+        if log is None:
+            log = self._logs[room] = _Log(self._limit)
+        return log
+
+    def room(self, room: str) -> tuple[str, int]:
+        log = self._log(room)
+        return log.epoch, log.seq
+
+    def append(self, room: str, message: Event) -> None:
+        log = self._log(room)
+        log.seq = message["seq"]
+        if self._limit:
+            log.messages.append(message)
+
+    def after(self, room: str, seq: int) -> list[Event] | None:
+        log = self._log(room)
+        if seq >= log.seq:
+            return [] if seq == log.seq else None
+        kept = log.messages
+        if not kept or kept[0]["seq"] > seq + 1:
+            return None
+        start = len(kept) - (log.seq - seq)
+        return [kept[i] for i in range(start, len(kept))]
+
+    def before(self, room: str, before: int | None, limit: int) -> list[Event]:
+        kept = self._log(room).messages
+        if not kept or limit <= 0:
+            return []
+        end = len(kept) if before is None else max(0, min(len(kept), before - kept[0]["seq"]))
+        return [kept[i] for i in range(max(0, end - limit), end)]
+
+    def identity_name(self, subject: str) -> str | None:
+        return self._names.get(subject)
+
+    def set_identity_name(self, subject: str, name: str) -> None:
+        self._names[subject] = name

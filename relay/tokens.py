@@ -1,0 +1,72 @@
+"""Signed identity tokens, so one person keeps one name across tabs, devices and restarts.
+
+A token names an identity (a random subject) and the name it had when the token was issued.
+The store's record of the subject wins; the name in the token is the fallback for a store
+that forgot it (the in-memory one, after a restart).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+_SEP = "."
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TokenSigner:
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def _mac(self, payload: str) -> str:
+        return _b64(hmac.new(self._secret, payload.encode(), hashlib.sha256).digest()[:18])
+
+    def issue(self, subject: str, name: str) -> str:
+        payload = _b64(f"{subject}\n{name}".encode())
+        return payload + _SEP + self._mac(payload)
+
+    def verify(self, token: str) -> tuple[str, str] | None:
+        """(subject, name) from a token this relay signed, or None for anything else."""
+        payload, _, mac = token.partition(_SEP)
+        if not mac or not hmac.compare_digest(mac, self._mac(payload)):
+            return None
+        try:
+            subject, _, name = _unb64(payload).decode().partition("\n")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return (subject, name) if subject and name else None
+
+
+def new_subject() -> str:
+    return secrets.token_hex(8)
+
+
+def load_secret(explicit: str | None, state_dir: Path) -> bytes:
+    """The signing secret: the configured one, else one generated once and kept in `state_dir`.
+
+    Keeping the generated secret on disk is what lets tokens survive a relay restart.
+    """
+    if explicit:
+        return explicit.encode()
+    path = state_dir / "secret"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    state_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(secret)
+    return secret
