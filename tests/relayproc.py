@@ -1,0 +1,105 @@
+"""A real relay in a subprocess, and a JSON client that waits for events rather than sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import websockets
+
+from shared.protocol import SUBPROTOCOL, decode_frame
+
+_URL = re.compile(rb"ws://([\d.]+):(\d+)/chat/")
+START_TIMEOUT = 20.0
+
+
+class RelayProcess:
+    """`python -m relay serve --port 0`, the port read from the line it prints on start."""
+
+    def __init__(self, state_dir: Path, *args: str, port: int = 0) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        command = [sys.executable, "-m", "relay", "serve", "--port", str(port)]
+        command += ["--state-dir", str(state_dir), "--log-level", "warning", *args]
+        self.proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        )
+        self.port = self._read_port()
+        self.http = f"http://127.0.0.1:{self.port}"
+
+    def _read_port(self) -> int:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            found = _URL.search(line)
+            if found:
+                return int(found.group(2))
+        self.proc.kill()
+        stderr = self.proc.stderr.read().decode() if self.proc.stderr else ""
+        raise RuntimeError(f"relay did not start: {stderr}")
+
+    def url(self, room: str, query: str = "") -> str:
+        return f"ws://127.0.0.1:{self.port}/chat/{room}" + (f"?{query}" if query else "")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def stderr_text(self) -> str:
+        return self.proc.stderr.read().decode() if self.proc.stderr else ""
+
+
+class JsonClient:
+    """A chat.v1 client: splits frames into events and waits for the one a test expects."""
+
+    def __init__(self, ws: websockets.ClientConnection) -> None:
+        self.ws = ws
+        self.events: list[dict[str, Any]] = []
+        self.seen: list[dict[str, Any]] = []
+        self.welcome: dict[str, Any] = {}
+
+    @classmethod
+    async def connect(cls, url: str, **kwargs: Any) -> JsonClient:
+        ws = await websockets.connect(url, subprotocols=[SUBPROTOCOL], **kwargs)
+        client = cls(ws)
+        client.welcome = await client.expect("welcome")
+        return client
+
+    async def send(self, **event: Any) -> None:
+        await self.ws.send(json.dumps(event))
+
+    async def next(self, timeout: float = 5.0) -> dict[str, Any]:
+        while not self.events:
+            frame = await asyncio.wait_for(self.ws.recv(), timeout)
+            self.events.extend(decode_frame(frame))
+        event = self.events.pop(0)
+        self.seen.append(event)
+        return event
+
+    async def expect(self, kind: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
+        """The next event of type `kind` (and matching `fields`); others are skipped."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            event = await self.next(max(0.01, deadline - loop.time()))
+            if event.get("type") == kind and all(event.get(k) == v for k, v in fields.items()):
+                return event
+
+    async def close(self) -> None:
+        await self.ws.close()

@@ -1,0 +1,83 @@
+"""The plain protocol: exact line forms, as any bare WebSocket client sees them."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import websockets
+
+from tests.relayproc import JsonClient, RelayProcess
+
+
+async def recv(ws: websockets.ClientConnection, timeout: float = 5.0) -> str:
+    return await asyncio.wait_for(ws.recv(), timeout)
+
+
+def name_of(line: str) -> str:
+    name, sep, rest = line.partition(" :: ")
+    assert sep and rest == "joined the chat", line
+    return name
+
+
+async def test_join_echo_leave_lines(relay: RelayProcess, room: str) -> None:
+    async with websockets.connect(relay.url(room)) as a:
+        alice = name_of(await recv(a))
+        async with websockets.connect(relay.url(room)) as b:
+            bob = name_of(await recv(b))
+            assert await recv(a) == f"{bob} :: joined the chat"
+            await a.send("hello there")
+            assert await recv(a) == f"{alice} :: hello there"
+            assert await recv(b) == f"{alice} :: hello there"
+        assert await recv(a) == f"{bob} :: left the chat"
+
+
+async def test_abrupt_disconnect_is_announced(relay: RelayProcess, room: str) -> None:
+    async with websockets.connect(relay.url(room)) as a:
+        await recv(a)
+        b = await websockets.connect(relay.url(room))
+        bob = name_of(await recv(b))
+        await recv(a)
+        b.transport.abort()
+        assert await recv(a) == f"{bob} :: left the chat"
+
+
+async def test_rooms_are_isolated(relay: RelayProcess, room: str) -> None:
+    async with (
+        websockets.connect(relay.url(room + "a")) as a,
+        websockets.connect(relay.url(room + "b")) as b,
+    ):
+        alice = name_of(await recv(a))
+        name_of(await recv(b))
+        await b.send("only in b")
+        assert (await recv(b)).endswith(":: only in b")
+        await a.send("only in a")
+        assert await recv(a) == f"{alice} :: only in a"
+
+
+async def test_empty_room_leaves_listing(relay: RelayProcess, room: str) -> None:
+    async with httpx.AsyncClient(base_url=relay.http) as http:
+        async with websockets.connect(relay.url(room)) as ws:
+            await recv(ws)
+            listing = (await http.get("/rooms")).json()["rooms"]
+            assert {"room": room, "members": 1, "connections": 1} in listing
+        for _ in range(100):
+            listing = (await http.get("/rooms")).json()["rooms"]
+            if all(entry["room"] != room for entry in listing):
+                break
+            await asyncio.sleep(0.05)
+        assert all(entry["room"] != room for entry in listing)
+
+
+async def test_plain_sees_json_messages_and_renames(relay: RelayProcess, room: str) -> None:
+    async with websockets.connect(relay.url(room)) as plain:
+        await recv(plain)
+        json_client = await JsonClient.connect(relay.url(room))
+        old = json_client.welcome["you"]
+        assert await recv(plain) == f"{old} :: joined the chat"
+        await json_client.send(type="say", text="from json")
+        assert await recv(plain) == f"{old} :: from json"
+        await json_client.send(type="nick", name=f"n{room}")
+        assert await recv(plain) == f"{old} :: is now known as n{room}"
+        await json_client.close()
+        assert await recv(plain) == f"n{room} :: left the chat"
