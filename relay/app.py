@@ -81,7 +81,13 @@ def create_app(hub: Hub) -> Starlette:
 
     async def rooms(request: Request) -> Response:
         listing = [
-            {"room": room.name, "members": len(room.users), "connections": len(room.clients)}
+            {
+                "room": room.name,
+                "members": len(room.users),
+                "connections": len(room.clients),
+                "topic": hub.store.topic(room.name),
+                "owner": hub.owner_name(room.name),
+            }
             for room in sorted(hub.rooms.values(), key=lambda room: room.name)
         ]
         return JSONResponse({"rooms": listing})

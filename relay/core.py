@@ -154,6 +154,8 @@ class Hub:
         room = self.rooms.get(room_name)
         if room is None:
             room = self.rooms[room_name] = Room(room_name)
+            if self.store.owner(room_name) is None:
+                self.store.set_owner(room_name, user.subject)
         client.user = user
         client.room = room
         client.bucket = TokenBucket(self.limits.rate, self.limits.burst, self.clock())
@@ -196,6 +198,9 @@ class Hub:
             "seq": seq,
             "epoch": epoch_now,
             "limits": self.limits.describe(),
+            "owner": self.owner_name(room.name),
+            "topic": self.store.topic(room.name),
+            "read": self.store.read_marker(room.name, user.subject),
         }
         count = self.limits.backlog if backlog is None else max(0, backlog)
         replay: list[Event] | None = None
@@ -254,6 +259,9 @@ class Hub:
                 self._fanout(room, Outgoing(left, f"{user.name} :: left the chat"))
         if not room.clients and self.rooms.get(room.name) is room:
             del self.rooms[room.name]
+        self._logout_if_gone(user)
+
+    def _logout_if_gone(self, user: User) -> None:
         if not user.clients:
             self._users.pop(user.subject, None)
             if self._names.get(user.name.casefold()) is user:
@@ -351,9 +359,9 @@ class Hub:
         seen = user.cids.get(cid)
         return seen[1] if seen is not None and now - seen[0] <= CID_TTL else None
 
-    def _text_ok(self, client: Client, text: str) -> bool:
+    def _text_ok(self, client: Client, text: str, allow_empty: bool = False) -> bool:
         limit = self.limits.max_message_bytes
-        if not text.strip():
+        if not allow_empty and not text.strip():
             self._error(client, p.EMPTY, "message text is empty")
             return False
         if len(text) * 4 > limit and len(text.encode()) > limit:
@@ -426,12 +434,86 @@ class Hub:
         reply = {"type": "history", "room": room.name, "before": before, "messages": messages}
         self._send(client, Outgoing(reply, None))
 
+    def _on_read(self, client: Client, request: Event) -> None:
+        room, user = client.room, client.user
+        assert room is not None and user is not None
+        seq = request.get("seq")
+        if not _is_int(seq) or seq < 0:
+            raise _BadRequest("'seq' must be a non-negative integer")
+        seq = min(seq, self.store.room(room.name)[1])
+        if seq <= self.store.read_marker(room.name, user.subject):
+            return
+        self.store.set_read_marker(room.name, user.subject, seq)
+        event = {"type": "read", "room": room.name, "name": user.name, "seq": seq}
+        self._fanout(room, Outgoing(event, None))
+
+    def _owns(self, client: Client) -> bool:
+        """Whether the client's user owns its room; answers `error not_owner` when not."""
+        assert client.room is not None and client.user is not None
+        if self.store.owner(client.room.name) == client.user.subject:
+            return True
+        self._error(client, p.NOT_OWNER, "only the room's owner can do that")
+        return False
+
+    def _on_topic(self, client: Client, request: Event) -> None:
+        room, user = client.room, client.user
+        assert room is not None and user is not None
+        topic = _text(request, "text")
+        if not self._owns(client) or not self._text_ok(client, topic, allow_empty=True):
+            return
+        self.store.set_topic(room.name, topic)
+        event = {"type": "topic", "room": room.name, "topic": topic, "by": user.name}
+        event["ts"] = p.now_rfc3339()
+        self._fanout(room, Outgoing(event, f"{user.name} :: set the topic: {topic}"))
+
+    def _on_kick(self, client: Client, request: Event) -> None:
+        room, user = client.room, client.user
+        assert room is not None and user is not None
+        name = _text(request, "name")
+        if not self._owns(client):
+            return
+        target = self._names.get(name.casefold())
+        if target is None or target not in room.users:
+            self._error(client, p.NO_SUCH_USER, f"nobody called {name} is in this room")
+            return
+        event = {"type": "kick", "room": room.name, "name": target.name, "by": user.name}
+        event["ts"] = p.now_rfc3339()
+        self._fanout(room, Outgoing(event, f"{target.name} :: was kicked by {user.name}"))
+        for kicked in [c for c in target.clients if c.room is room]:
+            self.leave(kicked)
+            kicked.close(p.CLOSE_KICKED, f"kicked by {user.name}", flush=True)
+
+    def _on_close(self, client: Client, request: Event) -> None:
+        room, user = client.room, client.user
+        assert room is not None and user is not None
+        if not self._owns(client):
+            return
+        event = {"type": "closed", "room": room.name, "by": user.name, "ts": p.now_rfc3339()}
+        self._fanout(room, Outgoing(event, f"{user.name} :: closed the room"))
+        del self.rooms[room.name]
+        for member in list(room.clients):
+            member.room = None
+            self.clients.discard(member)
+            assert member.user is not None
+            member.user.clients.discard(member)
+            self._logout_if_gone(member.user)
+            member.close(p.CLOSE_ROOM_CLOSED, f"room closed by {user.name}", flush=True)
+        self.store.delete_room(room.name)
+
+    def owner_name(self, room: str) -> str | None:
+        subject = self.store.owner(room)
+        return None if subject is None else self.store.identity_name(subject)
+
     _handlers: ClassVar[dict[str, Callable[[Hub, Client, Event], None]]] = {
         "say": _on_say,
         "nick": _on_nick,
         "dm": _on_dm,
         "who": _on_who,
         "history": _on_history,
+        "read": _on_read,
+        "topic": _on_topic,
+        "kick": _on_kick,
+        "close": _on_close,
     }
 
     # -- HTTP -----------------------------------------------------------------------------------

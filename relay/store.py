@@ -15,7 +15,7 @@ from shared.protocol import Event
 
 
 class Store(ABC):
-    """History per room (messages with their epoch and seq) and the name of each identity."""
+    """Per room: history (messages, epoch, seq), owner, topic, read markers. Per identity: name."""
 
     @abstractmethod
     def room(self, room: str) -> tuple[str, int]:
@@ -34,6 +34,30 @@ class Store(ABC):
         """Up to `limit` of the newest kept messages with a seq below `before`, oldest first."""
 
     @abstractmethod
+    def delete_room(self, room: str) -> None:
+        """Forget the room's history, owner, topic and read markers; its next use starts anew."""
+
+    @abstractmethod
+    def owner(self, room: str) -> str | None:
+        """The subject of the identity that owns the room, if any."""
+
+    @abstractmethod
+    def set_owner(self, room: str, subject: str) -> None: ...
+
+    @abstractmethod
+    def topic(self, room: str) -> str | None: ...
+
+    @abstractmethod
+    def set_topic(self, room: str, topic: str) -> None: ...
+
+    @abstractmethod
+    def read_marker(self, room: str, subject: str) -> int:
+        """The seq up to which the identity has read the room (0 when unknown)."""
+
+    @abstractmethod
+    def set_read_marker(self, room: str, subject: str, seq: int) -> None: ...
+
+    @abstractmethod
     def identity_name(self, subject: str) -> str | None:
         """The name an identity last had, if the store knows it."""
 
@@ -43,12 +67,15 @@ class Store(ABC):
 
 
 class _Log:
-    __slots__ = ("epoch", "messages", "seq")
+    __slots__ = ("epoch", "messages", "owner", "reads", "seq", "topic")
 
     def __init__(self, limit: int) -> None:
         self.epoch = secrets.token_hex(6)
         self.seq = 0
         self.messages: deque[Event] = deque(maxlen=limit)
+        self.owner: str | None = None
+        self.topic: str | None = None
+        self.reads: dict[str, int] = {}
 
 
 class MemoryStore(Store):
@@ -91,6 +118,27 @@ class MemoryStore(Store):
             return []
         end = len(kept) if before is None else max(0, min(len(kept), before - kept[0]["seq"]))
         return [kept[i] for i in range(max(0, end - limit), end)]
+
+    def delete_room(self, room: str) -> None:
+        self._logs.pop(room, None)
+
+    def owner(self, room: str) -> str | None:
+        return self._log(room).owner
+
+    def set_owner(self, room: str, subject: str) -> None:
+        self._log(room).owner = subject
+
+    def topic(self, room: str) -> str | None:
+        return self._log(room).topic
+
+    def set_topic(self, room: str, topic: str) -> None:
+        self._log(room).topic = topic
+
+    def read_marker(self, room: str, subject: str) -> int:
+        return self._log(room).reads.get(subject, 0)
+
+    def set_read_marker(self, room: str, subject: str, seq: int) -> None:
+        self._log(room).reads[subject] = seq
 
     def identity_name(self, subject: str) -> str | None:
         return self._names.get(subject)

@@ -24,6 +24,8 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_SLOW_CONSUMER = 1013
+CLOSE_KICKED = 4001
+CLOSE_ROOM_CLOSED = 4002
 
 # Error codes carried in `error` events (stable words; clients may switch on them).
 BAD_JSON = "bad_json"
@@ -37,6 +39,7 @@ BAD_ROOM = "bad_room"
 NAME_TAKEN = "name_taken"
 NO_SUCH_USER = "no_such_user"
 BAD_REQUEST = "bad_request"
+NOT_OWNER = "not_owner"
 
 
 def _valid_chars(text: str) -> bool:
