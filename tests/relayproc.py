@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -10,8 +11,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import websockets
 
@@ -19,6 +21,8 @@ from shared.protocol import SUBPROTOCOL, decode_frame
 
 _URL = re.compile(rb"ws://([\d.]+):(\d+)/chat/")
 START_TIMEOUT = 20.0
+
+T = TypeVar("T")
 
 
 class RelayProcess:
@@ -103,3 +107,37 @@ class JsonClient:
 
     async def close(self) -> None:
         await self.ws.close()
+
+
+async def closed(ws: websockets.ClientConnection, timeout: float = 5.0) -> tuple[int, str]:
+    """Read until the relay closes the socket; the close code and reason it sent."""
+    with contextlib.suppress(websockets.ConnectionClosed):
+        async with asyncio.timeout(timeout):
+            while True:
+                await ws.recv()
+    assert ws.close_code is not None, "the relay did not close the socket"
+    return ws.close_code, ws.close_reason or ""
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T | None]], timeout: float = 5.0, interval: float = 0.02
+) -> T:
+    """Poll `check` (for state only visible over HTTP) until it returns a value, up to `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await check()
+        if value is not None:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+def metric(text: str, name: str) -> float:
+    """One sample from a Prometheus text exposition, 0 when the series is absent."""
+    for line in text.splitlines():
+        key, _, value = line.rpartition(" ")
+        if key == name:
+            return float(value)
+    return 0.0
