@@ -30,6 +30,11 @@ CID_MAX = 64
 CID_TTL = 300.0
 CID_KEEP = 256
 
+# DM consent between two identities, kept in the store.
+PENDING = "pending"
+ACCEPTED = "accepted"
+DECLINED = "declined"
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -163,6 +168,7 @@ class Hub:
         self.metrics.connections_total += 1
         if client.json:
             self._welcome(client, room, backlog, since, epoch)
+        self._deliver_waiting(client, first=not user.clients)
         user.clients.add(client)
         room.clients[client] = None
         count = room.users.get(user, 0)
@@ -397,23 +403,106 @@ class Hub:
         sender = client.user
         assert sender is not None
         to, text = _text(request, "to"), _text(request, "text")
-        recipient = self._names.get(to.casefold())
-        if recipient is None:
-            self._error(client, p.NO_SUCH_USER, f"nobody called {to} is connected")
+        subject = self._subject_of(to)
+        if subject is None:
+            self._error(client, p.NO_SUCH_USER, f"nobody has ever been called {to}")
             return
         if not self._text_ok(client, text):
             return
+        recipient = self._users.get(subject)
         event = {
             "type": "dm",
             "id": self._next_id(),
             "ts": p.now_rfc3339(),
             "from": sender.name,
-            "to": recipient.name,
+            "to": self._name_of(subject),
             "text": text,
         }
-        out = Outgoing(event, f"{sender.name} -> {recipient.name} :: {text}")
         self.metrics.dms += 1
-        self._deliver_all(recipient.clients | sender.clients, out)
+        state = self._consent(sender.subject, subject)
+        if state == DECLINED:
+            self._error(client, p.DM_DECLINED, f"{event['to']} declined your messages")
+        elif state == ACCEPTED and recipient is not None:
+            self._deliver_all(recipient.clients | sender.clients, _dm(event))
+        else:
+            # Offline, or the recipient has not answered the request yet: keep it for them.
+            self.store.hold_dm(subject, sender.subject, event)
+            flag = "queued" if state == ACCEPTED else "held"
+            self._deliver_all(sender.clients, _dm({**event, flag: True}))
+            if state is None:
+                self.store.set_dm_consent(sender.subject, subject, PENDING, sender.subject)
+                if recipient is not None:
+                    self._deliver_all(recipient.clients, _dm_request(sender.name))
+
+    def _consent(self, sender: str, to: str) -> str | None:
+        """Where `sender` stands with `to`; writing to someone who asked you first accepts."""
+        found = self.store.dm_consent(sender, to) if sender != to else (ACCEPTED, sender)
+        if found is None:
+            return None
+        state, requester = found
+        if state == ACCEPTED or requester == sender:
+            return state
+        self._accept(sender, requester)
+        return ACCEPTED
+
+    def _on_dm_answer(self, client: Client, request: Event) -> None:
+        user = client.user
+        assert user is not None
+        name = _text(request, "from")
+        requester = self._subject_of(name)
+        if requester is None or self.store.dm_consent(user.subject, requester) != (
+            PENDING,
+            requester,
+        ):
+            raise _BadRequest(f"no pending request from {name}")
+        if request["type"] == "dm_accept":
+            self._accept(user.subject, requester)
+            return
+        self.store.set_dm_consent(user.subject, requester, DECLINED, requester)
+        self.store.drop_dms(user.subject, requester)
+        waiting = self._users.get(requester)
+        if waiting is not None:
+            answer = {"type": "dm_declined", "by": user.name}
+            self._deliver_all(waiting.clients, Outgoing(answer, None))
+
+    def _accept(self, subject: str, requester: str) -> None:
+        """`subject` accepts `requester`: release what was held and tell the requester."""
+        self.store.set_dm_consent(subject, requester, ACCEPTED, requester)
+        user = self._users.get(subject)
+        if user is not None:
+            for sender, event in self.store.held_dms(subject):
+                if sender == requester:
+                    self._deliver_all(user.clients, _dm(event))
+            self.store.drop_dms(subject, requester)
+        waiting = self._users.get(requester)
+        if waiting is not None:
+            answer = {"type": "dm_accepted", "by": self._name_of(subject)}
+            self._deliver_all(waiting.clients, Outgoing(answer, None))
+
+    def _deliver_waiting(self, client: Client, first: bool) -> None:
+        """On connect: DM requests awaiting an answer, and (first connection) DMs kept offline."""
+        user = client.user
+        assert user is not None
+        held = self.store.held_dms(user.subject)
+        for requester in dict.fromkeys(sender for sender, _ in held):
+            state = self.store.dm_consent(user.subject, requester)
+            if state == (PENDING, requester):
+                self._send(client, _dm_request(self._name_of(requester)))
+            elif first and state is not None and state[0] == ACCEPTED:
+                for sender, event in held:
+                    if sender == requester:
+                        self._send(client, _dm(event))
+                self.store.drop_dms(user.subject, requester)
+
+    def _subject_of(self, name: str) -> str | None:
+        user = self._names.get(name.casefold())
+        return user.subject if user is not None else self.store.subject_of(name)
+
+    def _name_of(self, subject: str) -> str:
+        user = self._users.get(subject)
+        if user is not None:
+            return user.name
+        return self.store.identity_name(subject) or subject
 
     def _on_who(self, client: Client, request: Event) -> None:
         room = client.room
@@ -508,6 +597,8 @@ class Hub:
         "say": _on_say,
         "nick": _on_nick,
         "dm": _on_dm,
+        "dm_accept": _on_dm_answer,
+        "dm_decline": _on_dm_answer,
         "who": _on_who,
         "history": _on_history,
         "read": _on_read,
@@ -588,6 +679,15 @@ class PostError(Exception):
 
 class _BadRequest(Exception):
     """A request whose fields have the wrong shape; answered with `error bad_request`."""
+
+
+def _dm(event: Event) -> Outgoing:
+    return Outgoing(event, f"{event['from']} -> {event['to']} :: {event['text']}")
+
+
+def _dm_request(sender: str) -> Outgoing:
+    request = {"type": "dm_request", "from": sender, "ts": p.now_rfc3339()}
+    return Outgoing(request, f"{sender} -> you :: wants to send you private messages")
 
 
 def _is_int(value: object) -> bool:

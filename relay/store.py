@@ -58,6 +58,29 @@ class Store(ABC):
     def set_read_marker(self, room: str, subject: str, seq: int) -> None: ...
 
     @abstractmethod
+    def subject_of(self, name: str) -> str | None:
+        """The identity that last held `name` (compared case-insensitively), if any."""
+
+    @abstractmethod
+    def hold_dm(self, to: str, sender: str, event: Event) -> None:
+        """Keep a DM for identity `to` until it connects or accepts `sender`'s request."""
+
+    @abstractmethod
+    def held_dms(self, to: str) -> list[tuple[str, Event]]:
+        """(sender subject, DM) for every DM kept for `to`, oldest first."""
+
+    @abstractmethod
+    def drop_dms(self, to: str, sender: str) -> None:
+        """Forget the DMs kept for `to` from `sender` (delivered or declined)."""
+
+    @abstractmethod
+    def dm_consent(self, a: str, b: str) -> tuple[str, str] | None:
+        """(state, requester) of the pair {a, b}: state is pending, accepted or declined."""
+
+    @abstractmethod
+    def set_dm_consent(self, a: str, b: str, state: str, requester: str) -> None: ...
+
+    @abstractmethod
     def identity_name(self, subject: str) -> str | None:
         """The name an identity last had, if the store knows it."""
 
@@ -85,6 +108,9 @@ class MemoryStore(Store):
         self._limit = limit
         self._logs: dict[str, _Log] = {}
         self._names: dict[str, str] = {}
+        self._subjects: dict[str, str] = {}
+        self._dms: dict[str, list[tuple[str, Event]]] = {}
+        self._consent: dict[frozenset[str], tuple[str, str]] = {}
 
     def _log(self, room: str) -> _Log:
         log = self._logs.get(room)
@@ -144,4 +170,30 @@ class MemoryStore(Store):
         return self._names.get(subject)
 
     def set_identity_name(self, subject: str, name: str) -> None:
+        old = self._names.get(subject)
+        if old is not None and self._subjects.get(old.casefold()) == subject:
+            del self._subjects[old.casefold()]
         self._names[subject] = name
+        self._subjects[name.casefold()] = subject
+
+    def subject_of(self, name: str) -> str | None:
+        return self._subjects.get(name.casefold())
+
+    def hold_dm(self, to: str, sender: str, event: Event) -> None:
+        self._dms.setdefault(to, []).append((sender, event))
+
+    def held_dms(self, to: str) -> list[tuple[str, Event]]:
+        return list(self._dms.get(to, ()))
+
+    def drop_dms(self, to: str, sender: str) -> None:
+        kept = [held for held in self._dms.get(to, ()) if held[0] != sender]
+        if kept:
+            self._dms[to] = kept
+        else:
+            self._dms.pop(to, None)
+
+    def dm_consent(self, a: str, b: str) -> tuple[str, str] | None:
+        return self._consent.get(frozenset((a, b)))
+
+    def set_dm_consent(self, a: str, b: str, state: str, requester: str) -> None:
+        self._consent[frozenset((a, b))] = (state, requester)

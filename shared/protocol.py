@@ -40,6 +40,7 @@ NAME_TAKEN = "name_taken"
 NO_SUCH_USER = "no_such_user"
 BAD_REQUEST = "bad_request"
 NOT_OWNER = "not_owner"
+DM_DECLINED = "dm_declined"
 
 
 def _valid_chars(text: str) -> bool:
