@@ -336,6 +336,8 @@ def test_dm_reaches_every_connection_of_both_sides() -> None:
     bob = joined(hub, "three")
     bob2 = joined(hub, "four", token=bob.events[0]["token"])
     outsider = joined(hub, "one")
+    send(hub, alice, type="dm", to=bob.user.name, text="may I?")
+    send(hub, bob, type="dm_accept", **{"from": alice.user.name})
     outsider.take()
     send(hub, alice, type="dm", to=bob.user.name.upper(), text="psst")
     dms = [client.last() for client in (alice, alice2, bob, bob2)]
