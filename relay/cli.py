@@ -13,7 +13,8 @@ import uvicorn
 
 from relay.app import create_app, drain
 from relay.core import Hub, Limits
-from relay.store import MemoryStore
+from relay.sqlite_store import SQLiteStore
+from relay.store import MemoryStore, Store
 from relay.tokens import TokenSigner, load_secret
 
 DRAIN_SECONDS = 5.0
@@ -46,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
         ("send-queue-bytes", int, defaults.send_queue_bytes, "per-connection queue budget"),
         ("secret", str, None, "token signing secret (default: generated, kept in state dir)"),
         ("state-dir", Path, _default_state_dir(), "where the relay keeps its state"),
+        ("db", str, None, "SQLite database (default: STATE_DIR/chat.db; :memory: keeps none)"),
+        ("retain-messages", int, 0, "messages the database keeps per room (0: no cap)"),
+        ("retain-days", float, 0.0, "days the database keeps a message (0: no limit)"),
         ("log-level", str, "info", "critical, error, warning, info or debug"),
         ("ws", str, "websockets-sansio", "uvicorn WebSocket implementation"),
     ]
@@ -88,11 +92,9 @@ def main(argv: list[str] | None = None) -> None:
         max_frame_bytes=args.max_frame_bytes,
         send_queue_bytes=args.send_queue_bytes,
     )
-    hub = Hub(
-        MemoryStore(limits.history),
-        TokenSigner(load_secret(args.secret, args.state_dir)),
-        limits,
-    )
+    signer = TokenSigner(load_secret(args.secret, args.state_dir))
+    store = _store(args, limits.history)
+    hub = Hub(store, signer, limits)
     config = uvicorn.Config(
         create_app(hub),
         host=args.host,
@@ -109,4 +111,15 @@ def main(argv: list[str] | None = None) -> None:
     # place that is a no-op, so a SIGTERM'd relay exits 0 after closing every socket.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
-    RelayServer(config, hub).run()
+    try:
+        RelayServer(config, hub).run()
+    finally:
+        if isinstance(store, SQLiteStore):
+            store.close()
+
+
+def _store(args: argparse.Namespace, history: int) -> Store:
+    if args.db == ":memory:":
+        return MemoryStore(history)
+    path = Path(args.db) if args.db else args.state_dir / "chat.db"
+    return SQLiteStore(path, history, args.retain_messages, args.retain_days)
