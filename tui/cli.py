@@ -1,1 +1,126 @@
-def main() -> None: ...
+"""`chat-tui`: the full-screen client, its `--plain` mode, and the `rooms`/`send` one-shots.
+
+Exit codes: 0 success, 1 connection or relay error, 2 bad usage or config, 3 timed out.
+Failures print one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from shared.protocol import room_error
+from shared.sanitize import one_line
+from tui.config import Config, ConfigError, state_dir
+from tui.connection import Identity
+from tui.http_api import ApiError, list_rooms, post_message
+from tui.plain import EXIT_FAILED, EXIT_OK, PlainOptions, PlainSession
+from tui.state import TokenStore
+
+EXIT_USAGE = 2
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options taken before or after the subcommand (SUPPRESS: one never hides the other)."""
+    common = argparse.ArgumentParser(add_help=False)
+    add = common.add_argument
+    add("--server", default=argparse.SUPPRESS, help="relay URL, e.g. ws://127.0.0.1:8000")
+    add("--config", type=Path, default=argparse.SUPPRESS, help="config file (TOML)")
+    add("--plain", action="store_true", default=argparse.SUPPRESS, help="headless line mode")
+    return common
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="chat-tui", description="Terminal chat client", parents=[common]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    connect = commands.add_parser("connect", parents=[common], help="join rooms")
+    connect.add_argument("rooms", nargs="+", metavar="ROOM")
+    connect.add_argument("--name", help="the name to use (a /nick after joining)")
+    connect.add_argument("--json", action="store_true", help="--plain: print raw JSON events")
+    connect.add_argument("--events", action="store_true", help="--plain: system events on stdout")
+    connect.add_argument("--count", type=int, help="--plain: exit after N messages received")
+    connect.add_argument("--timeout", type=float, help="--plain: give up after S seconds")
+    connect.add_argument("--backlog", type=int, default=0, help="--plain: replay N old messages")
+    commands.add_parser("rooms", parents=[common], help="list active rooms")
+    send = commands.add_parser("send", parents=[common], help="post one message over HTTP")
+    send.add_argument("room", metavar="ROOM")
+    send.add_argument("text", metavar="TEXT")
+    send.add_argument("--from", dest="sender", default="chat-tui", help="sender name")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        config = Config.load(getattr(args, "config", None))
+    except ConfigError as error:
+        _fail(f"config: {error}", EXIT_USAGE)
+    if getattr(args, "server", None):
+        config.server = args.server
+    if args.command == "rooms":
+        sys.exit(asyncio.run(_rooms(config)))
+    if args.command == "send":
+        sys.exit(asyncio.run(_send(config, args.room, args.sender, args.text)))
+    for room in args.rooms:
+        problem = room_error(room)
+        if problem:
+            _fail(f"{room!r}: {problem}", EXIT_USAGE)
+    if getattr(args, "plain", False):
+        sys.exit(_plain(config, args))
+    from tui.app import ChatApp
+
+    ChatApp(config, list(dict.fromkeys(args.rooms)), name=args.name).run()
+
+
+def _plain(config: Config, args: argparse.Namespace) -> int:
+    if len(args.rooms) != 1:
+        _fail("--plain connects to exactly one room", EXIT_USAGE)
+    options = PlainOptions(
+        room=args.rooms[0],
+        name=args.name,
+        json=args.json,
+        events=args.events,
+        count=args.count,
+        timeout=args.timeout,
+        backlog=args.backlog,
+    )
+    tokens = TokenStore(state_dir() / "identity.json")
+
+    async def run() -> int:
+        identity = Identity(tokens.get(config.server), lambda t: tokens.put(config.server, t))
+        return await PlainSession(config, options, identity).run(sys.stdin)
+
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _rooms(config: Config) -> int:
+    try:
+        rooms = await list_rooms(config.http_base)
+    except ApiError as error:
+        _fail(str(error), EXIT_FAILED)
+    for room in rooms:
+        print(f"{one_line(str(room.get('room')))}\t{room.get('members')}")
+    return EXIT_OK
+
+
+async def _send(config: Config, room: str, sender: str, text: str) -> int:
+    try:
+        message = await post_message(config.http_base, room, sender, text)
+    except ApiError as error:
+        _fail(str(error), EXIT_FAILED)
+    print(f"sent #{one_line(room)} seq {message.get('seq')}")
+    return EXIT_OK
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"chat-tui: {one_line(message)}", file=sys.stderr)
+    sys.exit(code)

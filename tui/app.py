@@ -1,0 +1,60 @@
+"""The full-screen client: owns the settings, identity and input history the screens share."""
+
+from __future__ import annotations
+
+from textual.app import App
+from textual.binding import Binding
+
+from tui.clock import Clock
+from tui.config import Config, state_dir
+from tui.connection import Identity
+from tui.screens.chat import ChatScreen
+from tui.screens.help import HelpScreen
+from tui.state import InputHistory, TokenStore
+
+
+class ChatApp(App[None]):
+    TITLE = "chat"
+    CSS_PATH = "chat.tcss"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [  # noqa: RUF012
+        Binding("f1", "help", "Help", id="help"),
+        Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
+    ]
+
+    def __init__(
+        self,
+        config: Config,
+        rooms: list[str],
+        *,
+        name: str | None = None,
+        token: str | None = None,
+        clock: Clock | None = None,
+        remember: bool = True,
+    ) -> None:
+        """`remember=False` keeps token and input history in memory only (tests, guests)."""
+        super().__init__()
+        self.config = config
+        self.rooms = rooms
+        self.wanted_name = name
+        self.clock = clock or Clock()
+        directory = state_dir()
+        self.tokens = TokenStore(directory / "identity.json") if remember else None
+        stored = self.tokens.get(config.server) if self.tokens else None
+        self.identity = Identity(token or stored, self._store_token)
+        self.input_history = InputHistory(directory / "input_history" if remember else None)
+        if config.theme:
+            self.theme = config.theme
+        if config.keymap:
+            self.set_keymap(config.keymap)
+
+    def _store_token(self, token: str) -> None:
+        if self.tokens is not None:
+            self.tokens.put(self.config.server, token)
+
+    def get_default_screen(self) -> ChatScreen:
+        return ChatScreen()
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())

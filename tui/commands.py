@@ -1,0 +1,64 @@
+"""Slash commands, parsed the same way by the full-screen app and by `--plain`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# name -> (argument synopsis, help text, needs an argument)
+COMMANDS: dict[str, tuple[str, str, bool]] = {
+    "join": ("ROOM", "open a tab for ROOM", True),
+    "part": ("", "leave the current room and close its tab", False),
+    "nick": ("NAME", "change your name in every room", True),
+    "msg": ("NAME TEXT", "send a direct message (opens a DM tab)", True),
+    "accept": ("[NAME]", "accept NAME's request to send you private messages", False),
+    "decline": ("[NAME]", "decline NAME's request to send you private messages", False),
+    "topic": ("TEXT", "set the room topic (room owner only)", True),
+    "who": ("", "list the members of the current room", False),
+    "rooms": ("", "list the relay's active rooms", False),
+    "clear": ("", "clear the current tab's log", False),
+    "help": ("", "show keys and commands", False),
+    "quit": ("", "leave every room and exit", False),
+}
+
+
+class CommandError(Exception):
+    """A line that looks like a command but is not a valid one; shown locally, never sent."""
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    arg: str = ""
+
+    def split(self) -> tuple[str, str]:
+        """`/msg NAME TEXT` style: first word and the rest."""
+        head, _, rest = self.arg.partition(" ")
+        return head, rest.strip()
+
+
+def is_command(line: str) -> bool:
+    """`//text` sends `/text` literally, the IRC convention for a message starting with '/'."""
+    return line.startswith("/") and not line.startswith("//")
+
+
+def literal(line: str) -> str:
+    return line[1:] if line.startswith("//") else line
+
+
+def parse(line: str) -> Command:
+    name, _, arg = line[1:].partition(" ")
+    name, arg = name.lower(), arg.strip()
+    spec = COMMANDS.get(name)
+    if spec is None:
+        raise CommandError(f"unknown command /{name} (try /help)")
+    synopsis, _, needs_arg = spec
+    if needs_arg and not arg:
+        raise CommandError(f"usage: /{name} {synopsis}")
+    command = Command(name, arg)
+    if name == "msg" and not command.split()[1]:
+        raise CommandError(f"usage: /msg {synopsis}")
+    return command
+
+
+def help_lines() -> list[str]:
+    return [f"/{name} {syn}".ljust(16) + text for name, (syn, text, _) in COMMANDS.items()]

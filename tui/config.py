@@ -1,0 +1,74 @@
+"""Settings from `$XDG_CONFIG_HOME/chat-tui/config.toml`, overridden by command-line flags.
+
+The XDG variables are read at call time (not import time) so tests and several profiles on one
+machine can point the client at their own directories.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+APP_DIR = "chat-tui"
+DEFAULT_SERVER = "ws://127.0.0.1:8000"
+
+
+def config_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / APP_DIR
+
+
+def state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / APP_DIR
+
+
+class ConfigError(Exception):
+    """The config file exists but cannot be used; shown as one line, never a traceback."""
+
+
+@dataclass
+class Config:
+    server: str = DEFAULT_SERVER
+    theme: str = "textual-dark"
+    timestamp_format: str = "%H:%M"
+    bell: bool = True
+    notify: bool = True
+    max_lines: int = 5000
+    backlog: int = 50
+    reconnect_max_seconds: float = 30.0
+    keymap: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Config:
+        path = path or config_dir() / "config.toml"
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return cls()
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as bad:
+            raise ConfigError(f"{path}: {bad}") from None
+        config = cls()
+        known = {f.name: f for f in fields(cls)}
+        for key, value in raw.items():
+            if key not in known:
+                raise ConfigError(f"{path}: unknown setting {key!r}")
+            expected = type(getattr(config, key))
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise ConfigError(f"{path}: {key} must be a {expected.__name__}")
+            setattr(config, key, value)
+        if not all(isinstance(v, str) for v in config.keymap.values()):
+            raise ConfigError(f"{path}: keymap values must be key strings")
+        return config
+
+    @property
+    def http_base(self) -> str:
+        """The relay's HTTP API lives on the same host and port as its WebSocket endpoint."""
+        server = self.server.rstrip("/")
+        if server.startswith("wss://"):
+            return "https://" + server.removeprefix("wss://")
+        return "http://" + server.removeprefix("ws://")

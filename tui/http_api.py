@@ -1,0 +1,44 @@
+"""The relay's HTTP API (httpx), for `/rooms`, `chat-tui rooms` and `chat-tui send`."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+TIMEOUT = 10.0
+
+
+class ApiError(Exception):
+    """One line saying what went wrong; callers show it as is."""
+
+
+async def list_rooms(base: str) -> list[dict[str, Any]]:
+    body = await _request("GET", f"{base}/rooms")
+    rooms = body.get("rooms")
+    return [room for room in rooms if isinstance(room, dict)] if isinstance(rooms, list) else []
+
+
+async def post_message(base: str, room: str, sender: str, text: str) -> dict[str, Any]:
+    url = f"{base}/rooms/{quote(room, safe='')}/messages"
+    return await _request("POST", url, json={"from": sender, "text": text})
+
+
+async def _request(method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+    try:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            response = await client.request(method, url, **kwargs)
+    except httpx.ConnectError:
+        raise ApiError(f"cannot connect to {url}: connection refused") from None
+    except httpx.HTTPError as error:
+        raise ApiError(f"{url}: {error or type(error).__name__}") from None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ApiError(f"{url}: HTTP {response.status_code}, not a JSON object")
+    if response.is_error:
+        raise ApiError(f"{body.get('error', response.status_code)}: {body.get('detail', '')}")
+    return body

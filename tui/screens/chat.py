@@ -1,0 +1,596 @@
+"""The main screen: room tabs, member sidebar, status line and input.
+
+Network events arrive as `RoomEvent`/`LinkChanged` messages posted by the link workers; this
+screen turns them into log lines, sidebar updates and tab badges. It never touches a socket.
+"""
+
+from __future__ import annotations
+
+import time
+from itertools import count
+from typing import TYPE_CHECKING, cast
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Footer, TabbedContent
+from textual.worker import Worker
+
+from shared.protocol import Event, name_error, room_error
+from shared.sanitize import one_line
+from tui.commands import COMMANDS, Command, CommandError, is_command, literal, parse
+from tui.connection import Backoff, LinkFailed, RoomLink, State, Status
+from tui.http_api import ApiError, list_rooms
+from tui.lines import LineFormatter, mentions
+from tui.messages import LinkChanged, RoomEvent
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.help import HelpScreen
+from tui.widgets.chat_input import ChatInput
+from tui.widgets.member_list import MemberList
+from tui.widgets.room_pane import RoomPane
+from tui.widgets.status_bar import StatusBar
+
+if TYPE_CHECKING:
+    from tui.app import ChatApp
+
+HISTORY_PAGE = 100
+UNREAD_TAG = "unread"
+_STATE_RANK = {State.CONNECTED: 0, State.CONNECTING: 1, State.RECONNECTING: 2, State.OFFLINE: 3}
+
+
+class ChatScreen(Screen[None]):
+    BINDINGS = [  # noqa: RUF012
+        Binding("ctrl+n", "cycle_tab(1)", "Next tab", id="next_tab"),
+        Binding("ctrl+p", "cycle_tab(-1)", "Prev tab", id="prev_tab"),
+        Binding("alt+a", "next_mention", "Next mention", id="next_mention"),
+        Binding("pageup", "page(-1)", "Older", show=False, id="page_up"),
+        Binding("pagedown", "page(1)", "Newer", show=False, id="page_down"),
+        *[
+            Binding(f"alt+{n}", f"goto_tab({n})", f"Tab {n}", show=False, id=f"tab_{n}")
+            for n in range(1, 10)
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.panes: dict[str, RoomPane] = {}
+        self.links: dict[str, RoomLink] = {}
+        self.link_workers: dict[str, Worker[None]] = {}
+        self.statuses: dict[str, Status] = {}
+        self.seen_dms: set[object] = set()
+        self._retry_at: dict[str, float] = {}
+        self._ids = count(1)
+
+    @property
+    def chat(self) -> ChatApp:
+        return cast("ChatApp", self.app)
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar(id="status")
+        with Horizontal(id="main"):
+            yield TabbedContent(id="tabs")
+            yield MemberList(id="members")
+        yield ChatInput(
+            self.chat.input_history,
+            self._completion_names,
+            [*COMMANDS],
+            id="input",
+        )
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._show_status()
+        for room in self.chat.rooms:
+            self.open_room(room)
+        self.set_interval(1.0, self._tick_status)
+        self.query_one(ChatInput).focus()
+
+    # -- panes ------------------------------------------------------------------------------------
+
+    @property
+    def formatter(self) -> LineFormatter:
+        return LineFormatter(self.chat.config.timestamp_format, self.app.current_theme.dark)
+
+    @property
+    def me(self) -> str | None:
+        return self.chat.identity.name
+
+    def active_pane(self) -> RoomPane | None:
+        pane = self.query_one(TabbedContent).active_pane
+        return pane if isinstance(pane, RoomPane) else None
+
+    def _add_pane(self, key: str, activate: bool) -> RoomPane:
+        pane = self.panes.get(key)
+        if pane is None:
+            pane = RoomPane(key, f"pane-{next(self._ids)}", self.chat.config.max_lines)
+            self.panes[key] = pane
+            self.query_one(TabbedContent).add_pane(pane)
+        if activate or len(self.panes) == 1:
+            self.query_one(TabbedContent).active = pane.id or ""
+        return pane
+
+    def open_room(self, room: str, activate: bool = False) -> None:
+        pane = self._add_pane(room, activate)
+        if room in self.links:
+            return
+        link = RoomLink(
+            self.chat.config.server,
+            room,
+            self.chat.identity,
+            lambda event: self.post_message(RoomEvent(room, event)),
+            lambda status: self.post_message(LinkChanged(status)),
+            backlog=self.chat.config.backlog,
+            backoff=Backoff(cap=self.chat.config.reconnect_max_seconds),
+        )
+        self.links[room] = link
+        self.link_workers[room] = self._run_link(link, pane)
+
+    @work(group="links", exit_on_error=False)
+    async def _run_link(self, link: RoomLink, pane: RoomPane) -> None:
+        try:
+            await link.run()
+        except LinkFailed as failed:
+            pane.chat_log.write(self.formatter.error(str(failed)))
+
+    def close_pane(self, pane: RoomPane) -> None:
+        key = pane.key
+        worker = self.link_workers.pop(key, None)
+        if worker is not None:
+            worker.cancel()
+        self.links.pop(key, None)
+        self.statuses.pop(key, None)
+        del self.panes[key]
+        self.query_one(TabbedContent).remove_pane(pane.id or "")
+        self._show_status()
+
+    def _relabel(self, pane: RoomPane) -> None:
+        tabs = self.query_one(TabbedContent)
+        if pane.id is not None and pane.parent is not None:
+            tabs.get_tab(pane.id).label = pane.title_text()
+
+    def _show_members(self) -> None:
+        pane = self.active_pane()
+        members = self.query_one(MemberList)
+        dark = self.app.current_theme.dark
+        if pane is None:
+            members.show([], self.me, dark)
+        elif pane.is_dm:
+            members.show([name for name in (self.me, pane.peer) if name], self.me, dark, "Direct")
+        else:
+            members.show(sorted(pane.members), self.me, dark)
+
+    def _completion_names(self) -> list[str]:
+        pane = self.active_pane()
+        if pane is None:
+            return []
+        return [pane.peer] if pane.is_dm else [n for n in pane.members if n != self.me]
+
+    @on(TabbedContent.TabActivated)
+    def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        pane = self.active_pane()
+        if pane is not None:
+            pane.unread = 0
+            pane.mentioned = False
+            self._relabel(pane)
+        self._show_members()
+        self._show_status()
+
+    # -- network events -------------------------------------------------------------------------
+
+    def on_room_event(self, message: RoomEvent) -> None:
+        event = message.event
+        kind = event.get("type")
+        pane = self.panes.get(message.room)
+        if kind == "dm":
+            self._dm(event)
+        elif kind in ("dm_request", "dm_accepted", "dm_declined"):
+            self._dm_consent(event)
+        elif pane is None:
+            return
+        elif kind == "welcome":
+            self._welcome(pane, event)
+        elif kind == "message":
+            self._message(pane, event)
+        elif kind in ("join", "leave"):
+            self._presence(pane, event)
+        elif kind == "nick":
+            self._nick(pane, event)
+        elif kind == "members":
+            self._members(pane, event)
+        elif kind == "history":
+            self._history(pane, event)
+        elif kind == "error":
+            self._error(pane, event)
+        elif kind in ("topic", "kick", "closed"):
+            self._owner_event(pane, event)
+
+    def _welcome(self, pane: RoomPane, event: Event) -> None:
+        fmt, clock = self.formatter, self.chat.clock
+        members = event.get("members")
+        names = members if isinstance(members, list) else []
+        pane.members = {m for m in names if isinstance(m, str)}
+        if event.get("recovered") is False:
+            pane.chat_log.write(fmt.gap())
+            pane.oldest_seq = None
+            pane.history_done = False
+        elif "recovered" not in event:
+            you = str(event.get("you", ""))
+            pane.chat_log.write(fmt.system(clock.now(), f"you joined #{pane.key} as {you}"))
+            if isinstance(event.get("topic"), str):
+                pane.chat_log.write(fmt.system(clock.now(), f"topic: {event['topic']}"))
+        if self.chat.wanted_name and self.me != self.chat.wanted_name:
+            link = self.links.get(pane.key)
+            if link is not None:
+                link.send({"type": "nick", "name": self.chat.wanted_name})
+            self.chat.wanted_name = None
+        self._show_members()
+        self._show_status()
+
+    def _day_line(self, pane: RoomPane, event: Event) -> None:
+        moment = self.chat.clock.local(event.get("ts"))
+        if pane.last_day is not None and moment.date() != pane.last_day:
+            pane.chat_log.write(self.formatter.day(moment.date()))
+        pane.last_day = moment.date()
+
+    def _message(self, pane: RoomPane, event: Event) -> None:
+        sender, text = str(event.get("from", "?")), str(event.get("text", ""))
+        own = sender == self.me
+        mention = not own and mentions(text, self.me)
+        seq = event.get("seq")
+        if isinstance(seq, int) and (pane.oldest_seq is None or seq < pane.oldest_seq):
+            pane.oldest_seq = seq
+        self._day_line(pane, event)
+        live = not event.get("replay")
+        if live and not own:
+            self._count_unread(pane, mention)
+        moment = self.chat.clock.local(event.get("ts"))
+        pane.chat_log.write(self.formatter.message(moment, sender, text, own=own, mention=mention))
+        if live and mention:
+            self._alert(f"{one_line(sender)} in #{one_line(pane.key)}", text, pane)
+
+    def _count_unread(self, pane: RoomPane, mention: bool) -> None:
+        if pane is self.active_pane():
+            return
+        if pane.unread == 0:
+            pane.chat_log.remove_tag(UNREAD_TAG)
+            pane.chat_log.write(self.formatter.unread_marker(), tag=UNREAD_TAG)
+        pane.unread += 1
+        pane.mentioned = pane.mentioned or mention
+        self._relabel(pane)
+
+    def _alert(self, title: str, text: str, pane: RoomPane) -> None:
+        if self.chat.config.bell:
+            self.app.bell()
+        if self.chat.config.notify and pane is not self.active_pane():
+            self.app.notify(one_line(text)[:200], title=title, markup=False)
+
+    def _dm(self, event: Event) -> None:
+        dm_id = event.get("id")
+        if not isinstance(dm_id, str) or dm_id in self.seen_dms:
+            return
+        self.seen_dms.add(dm_id)
+        sender, recipient = str(event.get("from", "?")), str(event.get("to", "?"))
+        own = sender == self.me
+        pane = self._add_pane("@" + (recipient if own else sender), activate=False)
+        self._day_line(pane, event)
+        if not own:
+            self._count_unread(pane, True)
+        moment = self.chat.clock.local(event.get("ts"))
+        text = str(event.get("text", ""))
+        pane.chat_log.write(self.formatter.message(moment, sender, text, own=own, mention=False))
+        if own and event.get("held"):
+            pane.chat_log.write(self.formatter.info(f"held until {recipient} accepts your request"))
+        elif own and event.get("queued"):
+            pane.chat_log.write(self.formatter.info(f"{recipient} is offline; delivered later"))
+        if not own:
+            self._alert(f"DM from {one_line(sender)}", text, pane)
+
+    def _dm_consent(self, event: Event) -> None:
+        kind = event["type"]
+        other = str(event.get("from") if kind == "dm_request" else event.get("by"))
+        key = (kind, other, str(event.get("ts", "")))
+        if key in self.seen_dms:
+            return
+        self.seen_dms.add(key)
+        pane = self._add_pane("@" + other, activate=False)
+        fmt = self.formatter
+        if kind == "dm_request":
+            text = f"{other} wants to send you private messages: /accept or /decline"
+            self._count_unread(pane, True)
+            self._alert(f"DM request from {one_line(other)}", text, pane)
+        else:
+            verb = "accepted" if kind == "dm_accepted" else "declined"
+            text = f"{other} {verb} your private messages"
+        pane.chat_log.write(fmt.system(self.chat.clock.local(event.get("ts")), text))
+
+    def _owner_event(self, pane: RoomPane, event: Event) -> None:
+        kind, by = event["type"], str(event.get("by", "?"))
+        if kind == "topic":
+            text = f"{by} set the topic: {event.get('topic', '')}"
+        elif kind == "kick":
+            text = f"{by} kicked {event.get('name', '?')}"
+        else:
+            text = f"{by} closed the room"
+        pane.chat_log.write(self.formatter.system(self.chat.clock.local(event.get("ts")), text))
+
+    def _presence(self, pane: RoomPane, event: Event) -> None:
+        name = str(event.get("name", "?"))
+        if event["type"] == "join":
+            if name in pane.members and name == self.me:
+                return
+            pane.members.add(name)
+            what = "joined"
+        else:
+            pane.members.discard(name)
+            what = "left"
+        moment = self.chat.clock.local(event.get("ts"))
+        pane.chat_log.write(self.formatter.system(moment, f"{name} {what}"))
+        if pane is self.active_pane():
+            self._show_members()
+
+    def _nick(self, pane: RoomPane, event: Event) -> None:
+        old, new = str(event.get("old", "?")), str(event.get("new", "?"))
+        if old in pane.members:
+            pane.members.discard(old)
+            pane.members.add(new)
+        moment = self.chat.clock.local(event.get("ts"))
+        pane.chat_log.write(self.formatter.system(moment, f"{old} is now known as {new}"))
+        dm = self.panes.get("@" + old)
+        if dm is not None and "@" + new not in self.panes:
+            del self.panes[dm.key]
+            dm.key = "@" + new
+            self.panes[dm.key] = dm
+            self._relabel(dm)
+        self._show_members()
+        self._show_status()
+
+    def _members(self, pane: RoomPane, event: Event) -> None:
+        names = [m for m in event.get("members", []) if isinstance(m, str)]
+        pane.members = set(names)
+        pane.chat_log.write(self.formatter.info(f"members of #{pane.key}: {', '.join(names)}"))
+        self._show_members()
+
+    def _history(self, pane: RoomPane, event: Event) -> None:
+        messages = [m for m in event.get("messages", []) if isinstance(m, dict)]
+        fmt, clock = self.formatter, self.chat.clock
+        texts: list[Text] = []
+        for message in messages:
+            if pane.oldest_seq is not None and message.get("seq", 0) >= pane.oldest_seq:
+                continue
+            sender = str(message.get("from", "?"))
+            own = sender == self.me
+            texts.append(
+                fmt.message(
+                    clock.local(message.get("ts")),
+                    sender,
+                    str(message.get("text", "")),
+                    own=own,
+                    mention=not own and mentions(str(message.get("text", "")), self.me),
+                )
+            )
+        seqs = [m["seq"] for m in messages if isinstance(m.get("seq"), int)]
+        if seqs:
+            pane.oldest_seq = min(seqs + ([pane.oldest_seq] if pane.oldest_seq else []))
+        if not texts or pane.oldest_seq == 1:
+            pane.history_done = True
+            texts.insert(0, fmt.info("── beginning of history ──"))
+        pane.chat_log.prepend(texts)
+
+    def _error(self, pane: RoomPane, event: Event) -> None:
+        code, detail = str(event.get("code", "error")), str(event.get("detail", ""))
+        request = event.get("request")
+        target = self.active_pane() or pane
+        if isinstance(request, dict):
+            detail += f" (not sent: {request.get('text', '')})"
+        target.chat_log.write(self.formatter.error(f"{code}: {detail}"))
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def on_link_changed(self, message: LinkChanged) -> None:
+        status = message.status
+        if status.room in self.links:
+            self.statuses[status.room] = status
+            self._retry_at[status.room] = time.monotonic() + status.retry_in
+            self._show_status()
+            if status.state == State.RECONNECTING and status.room in self.panes:
+                pane = self.panes[status.room]
+                if pane.chat_log.entry_count and status.detail:
+                    pane.chat_log.write(self.formatter.info(f"disconnected: {status.detail}"))
+
+    def _overall(self) -> tuple[State, float]:
+        if not self.statuses:
+            return (State.OFFLINE if not self.links else State.CONNECTING), 0.0
+        worst = max(self.statuses.values(), key=lambda s: _STATE_RANK[s.state])
+        retry_at = self._retry_at.get(worst.room, 0.0)
+        return worst.state, max(0.0, retry_at - time.monotonic())
+
+    def _show_status(self) -> None:
+        state, retry_in = self._overall()
+        bar = self.query_one(StatusBar)
+        bar.show(state.value, self.me, retry_in)
+
+    def _tick_status(self) -> None:
+        if self._overall()[0] == State.RECONNECTING:
+            self._show_status()
+
+    # -- input --------------------------------------------------------------------------------
+
+    @on(ChatInput.Submitted)
+    def _submitted(self, event: ChatInput.Submitted) -> None:
+        line = event.value
+        chat_input = self.query_one(ChatInput)
+        chat_input.value = ""
+        if not line.strip():
+            return
+        chat_input.history.add(line)
+        self.submit(line)
+
+    def submit(self, line: str) -> None:
+        pane = self.active_pane()
+        if is_command(line):
+            try:
+                self.run_command(parse(line), pane)
+            except CommandError as error:
+                self._local(pane, self.formatter.error(str(error)))
+            return
+        if pane is None:
+            return
+        self.say(pane, literal(line))
+
+    def say(self, pane: RoomPane, text: str) -> None:
+        link = self._link_for(pane)
+        if link is None:
+            self._local(pane, self.formatter.error("not connected to any room"))
+            return
+        limit = link.max_message_bytes
+        if limit is not None and len(text.encode()) > limit:
+            self._local(pane, self.formatter.error(f"message is longer than {limit} bytes"))
+            return
+        if pane.is_dm:
+            link.send({"type": "dm", "to": pane.peer, "text": text})
+        else:
+            link.say(text)
+        if not link.connected:
+            self._local(pane, self.formatter.info(f"queued until reconnected: {text}"))
+
+    def _link_for(self, pane: RoomPane | None) -> RoomLink | None:
+        if pane is not None and pane.key in self.links:
+            return self.links[pane.key]
+        connected = [link for link in self.links.values() if link.connected]
+        return (connected or list(self.links.values()) or [None])[0]
+
+    def _local(self, pane: RoomPane | None, text: Text) -> None:
+        if pane is not None:
+            pane.chat_log.write(text)
+        else:
+            self.app.notify(text.plain, severity="error", markup=False)
+
+    def run_command(self, command: Command, pane: RoomPane | None) -> None:
+        fmt = self.formatter
+        name, arg = command.name, command.arg
+        if name == "join":
+            problem = room_error(arg)
+            if problem:
+                raise CommandError(problem)
+            self.open_room(arg, activate=True)
+        elif name == "part":
+            if pane is None:
+                raise CommandError("no tab to close")
+            self.close_pane(pane)
+        elif name == "nick":
+            problem = name_error(arg)
+            if problem:
+                raise CommandError(problem)
+            link = self._link_for(pane)
+            if link is None:
+                raise CommandError("not connected to any room")
+            link.send({"type": "nick", "name": arg})
+        elif name == "msg":
+            who, text = command.split()
+            dm = self._add_pane("@" + who, activate=True)
+            self.say(dm, text)
+        elif name in ("accept", "decline"):
+            who = arg or (pane.peer if pane is not None and pane.is_dm else "")
+            link = self._link_for(pane)
+            if not who or link is None:
+                raise CommandError(f"usage: /{name} NAME (or use it in the DM tab)")
+            link.send({"type": f"dm_{name}", "from": who})
+        elif name == "topic":
+            if pane is None or pane.is_dm:
+                raise CommandError("/topic works in a room tab")
+            self.links[pane.key].send({"type": "topic", "text": arg})
+        elif name == "who":
+            if pane is None or pane.is_dm:
+                raise CommandError("/who works in a room tab")
+            self.links[pane.key].send({"type": "who"})
+        elif name == "rooms":
+            self._list_rooms(pane)
+        elif name == "clear":
+            if pane is not None:
+                pane.chat_log.clear()
+        elif name == "help":
+            self.app.push_screen(HelpScreen())
+        elif name == "quit":
+            self.app.exit()
+        else:
+            self._local(pane, fmt.error(f"/{name} is not available here"))
+
+    @work(group="http", exit_on_error=False)
+    async def _list_rooms(self, pane: RoomPane | None) -> None:
+        fmt = self.formatter
+        try:
+            rooms = await list_rooms(self.chat.config.http_base)
+        except ApiError as error:
+            self._local(pane, fmt.error(str(error)))
+            return
+        if not rooms:
+            self._local(pane, fmt.info("no active rooms"))
+        for room in rooms:
+            line = f"#{room.get('room')}  {room.get('members')} member(s)"
+            self._local(pane, fmt.info(line))
+
+    @on(ChatInput.PastedLines)
+    def _pasted(self, message: ChatInput.PastedLines) -> None:
+        lines, pane = message.lines, self.active_pane()
+        if pane is None:
+            return
+        question = Text(f"Send {len(lines)} lines as {len(lines)} messages?\n\n")
+        question.append("\n".join(one_line(line) for line in lines[:5]), style="dim")
+        if len(lines) > 5:
+            question.append(f"\n… and {len(lines) - 5} more", style="dim")
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                for line in lines:
+                    self.say(pane, line)
+
+        self.app.push_screen(ConfirmScreen(question), answered)
+
+    @on(MemberList.Picked)
+    def _picked(self, message: MemberList.Picked) -> None:
+        if message.name != self.me:
+            self._add_pane("@" + message.name, activate=True)
+        self.query_one(ChatInput).focus()
+
+    # -- keys -----------------------------------------------------------------------------------
+
+    def _pane_list(self) -> list[RoomPane]:
+        return list(self.query(RoomPane))
+
+    def _activate(self, pane: RoomPane) -> None:
+        self.query_one(TabbedContent).active = pane.id or ""
+
+    def action_goto_tab(self, number: int) -> None:
+        panes = self._pane_list()
+        if 0 < number <= len(panes):
+            self._activate(panes[number - 1])
+
+    def action_cycle_tab(self, step: int) -> None:
+        panes, current = self._pane_list(), self.active_pane()
+        if panes and current in panes:
+            self._activate(panes[(panes.index(current) + step) % len(panes)])
+
+    def action_next_mention(self) -> None:
+        panes, current = self._pane_list(), self.active_pane()
+        start = panes.index(current) if current in panes else -1
+        for offset in range(1, len(panes) + 1):
+            pane = panes[(start + offset) % len(panes)]
+            if pane.mentioned:
+                self._activate(pane)
+                return
+
+    def action_page(self, direction: int) -> None:
+        pane = self.active_pane()
+        if pane is None:
+            return
+        if direction < 0 and pane.chat_log.at_top:
+            link = self.links.get(pane.key)
+            if link is not None and not pane.history_done and pane.oldest_seq is not None:
+                link.send({"type": "history", "before": pane.oldest_seq, "limit": HISTORY_PAGE})
+        elif direction < 0:
+            pane.chat_log.scroll_page_up(animate=False)
+        else:
+            pane.chat_log.scroll_page_down(animate=False)

@@ -1,0 +1,40 @@
+"""F1 / `/help`: every key and command on one screen."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+from tui.commands import help_lines
+
+KEYS = [
+    ("Enter", "send the line"),
+    ("Up / Down", "walk your input history"),
+    ("Tab", "complete a member name or /command (press again to cycle)"),
+    ("Alt+1..9", "go to tab 1..9"),
+    ("Ctrl+N / Ctrl+P", "next / previous tab"),
+    ("Alt+A", "next tab with an unread mention"),
+    ("Page Up / Down", "scroll the log (Page Up at the top loads older history)"),
+    ("F1", "this help"),
+    ("Ctrl+Q", "quit"),
+]
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,f1,q", "dismiss", "Close")]  # noqa: RUF012
+
+    def compose(self) -> ComposeResult:
+        text = Text()
+        text.append("Keys\n", style="bold")
+        for key, what in KEYS:
+            text.append(f"  {key:<18}{what}\n")
+        text.append("\nCommands\n", style="bold")
+        for line in help_lines():
+            text.append(f"  {line}\n")
+        text.append("\n  //text sends a message that starts with '/'.  Esc closes.", style="dim")
+        with Vertical(id="help"):
+            yield Static(text)

@@ -1,0 +1,84 @@
+"""What the client remembers between runs: its identity token per server and typed input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.chmod(temporary, 0o600)
+    temporary.replace(path)
+
+
+class TokenStore:
+    """Tokens keyed by server URL: a token is only meaningful to the relay that signed it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _all(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {k: v for k, v in data.items() if isinstance(v, str)}
+
+    def get(self, server: str) -> str | None:
+        return self._all().get(server)
+
+    def put(self, server: str, token: str) -> None:
+        tokens = self._all()
+        if tokens.get(server) != token:
+            tokens[server] = token
+            _write_private(self.path, json.dumps(tokens, indent=1))
+
+
+class InputHistory:
+    """Lines the user sent, oldest first, walked with Up/Down like a shell history."""
+
+    def __init__(self, path: Path | None, limit: int = 1000) -> None:
+        self.path = path
+        self.limit = limit
+        self.lines: list[str] = []
+        if path is not None:
+            try:
+                self.lines = path.read_text(encoding="utf-8").splitlines()[-limit:]
+            except (OSError, UnicodeDecodeError):
+                self.lines = []
+        self._index = len(self.lines)
+        self._draft = ""
+
+    def add(self, line: str) -> None:
+        if line.strip() and (not self.lines or self.lines[-1] != line) and "\n" not in line:
+            self.lines.append(line)
+            if len(self.lines) > self.limit:
+                del self.lines[: len(self.lines) - self.limit]
+            self._save()
+        self._index = len(self.lines)
+        self._draft = ""
+
+    def _save(self) -> None:
+        if self.path is not None:
+            _write_private(self.path, "\n".join(self.lines) + "\n")
+
+    def previous(self, current: str) -> str | None:
+        """The line before the cursor; the text being typed is kept to come back to."""
+        if self._index == 0:
+            return None
+        if self._index == len(self.lines):
+            self._draft = current
+        self._index -= 1
+        return self.lines[self._index]
+
+    def next(self) -> str | None:
+        if self._index >= len(self.lines):
+            return None
+        self._index += 1
+        return self._draft if self._index == len(self.lines) else self.lines[self._index]

@@ -1,0 +1,1 @@
+"""The client's widgets, one per module."""

@@ -1,0 +1,171 @@
+"""A bounded, append-friendly message log that re-wraps on resize.
+
+RichLog renders each write once at the width of the moment and trims by copying its whole line
+list; this log keeps the `Text` of each entry (so a resize re-wraps everything once) and trims
+from the front with an offset that is compacted only when half the list is dead, so appending
+costs the same whether the log holds a hundred entries or its full `max_lines`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual import events
+from textual.geometry import Size
+from textual.message import Message
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+COMPACT_AFTER = 1024
+
+
+@dataclass
+class _Entry:
+    text: Text
+    tag: str | None
+    height: int = 0
+
+
+class ChatLog(ScrollView, can_focus=True):
+    DEFAULT_CSS = """
+    ChatLog {
+        scrollbar-gutter: stable;
+        overflow-x: hidden;
+    }
+    """
+
+    class Unseen(Message):
+        """The number of entries added below the visible part changed."""
+
+        def __init__(self, log: ChatLog, count: int) -> None:
+            super().__init__()
+            self.chat_log = log
+            self.count = count
+
+    def __init__(self, max_lines: int = 5000, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.max_lines = max_lines
+        self._entries: deque[_Entry] = deque()
+        self._strips: list[Strip] = []
+        self._offset = 0
+        self._width = 0
+        self._following = True
+        self.unseen = 0
+
+    # -- content --------------------------------------------------------------------------------
+
+    @property
+    def entry_count(self) -> int:
+        return len(self._entries)
+
+    def plain_lines(self) -> list[str]:
+        """The entries as plain text, for tests and for copying."""
+        return [entry.text.plain for entry in self._entries]
+
+    def has_tag(self, tag: str) -> bool:
+        return any(entry.tag == tag for entry in self._entries)
+
+    def write(self, text: Text, tag: str | None = None) -> None:
+        entry = _Entry(text, tag)
+        self._entries.append(entry)
+        if self._width:
+            strips = self._render(text)
+            entry.height = len(strips)
+            self._strips.extend(strips)
+        removed = 0
+        while len(self._entries) > self.max_lines:
+            removed += self._entries.popleft().height
+        self._offset += removed
+        if self._offset > COMPACT_AFTER and self._offset * 2 > len(self._strips):
+            del self._strips[: self._offset]
+            self._offset = 0
+        self._update_size()
+        if self._following:
+            self.scroll_end(animate=False, immediate=True, x_axis=False)
+        else:
+            if removed:
+                self.scroll_to(y=max(0, self.scroll_y - removed), animate=False, immediate=True)
+            self._set_unseen(self.unseen + 1)
+
+    def prepend(self, texts: list[Text]) -> None:
+        """Older history arrived: put it on top and keep the view where it was."""
+        if not texts:
+            return
+        room = max(0, self.max_lines - len(self._entries))
+        added = [_Entry(text, None) for text in texts[-room:]] if room else []
+        self._entries.extendleft(reversed(added))
+        before = len(self._strips) - self._offset
+        self._rebuild()
+        self.scroll_to(
+            y=self.scroll_y + (len(self._strips) - before), animate=False, immediate=True
+        )
+
+    def remove_tag(self, tag: str) -> None:
+        if self.has_tag(tag):
+            self._entries = deque(entry for entry in self._entries if entry.tag != tag)
+            self._rebuild()
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._strips = []
+        self._offset = 0
+        self._update_size()
+        self._set_unseen(0)
+        self.refresh()
+
+    # -- rendering ------------------------------------------------------------------------------
+
+    def _render(self, text: Text) -> list[Strip]:
+        console = self.app.console
+        options = console.options.update_width(self._width)
+        lines = console.render_lines(text, options, pad=True)
+        return [Strip(line, self._width) for line in lines]
+
+    def _rebuild(self) -> None:
+        self._strips = []
+        self._offset = 0
+        if self._width:
+            for entry in self._entries:
+                strips = self._render(entry.text)
+                entry.height = len(strips)
+                self._strips.extend(strips)
+        self._update_size()
+        self.refresh()
+
+    def _update_size(self) -> None:
+        self.virtual_size = Size(self._width, len(self._strips) - self._offset)
+
+    def on_resize(self, event: events.Resize) -> None:
+        width = self.scrollable_content_region.width
+        if width != self._width and width > 0:
+            self._width = width
+            self._rebuild()
+            if self._following:
+                self.scroll_end(animate=False, immediate=True, x_axis=False)
+
+    def render_line(self, y: int) -> Strip:
+        scroll_x, scroll_y = self.scroll_offset
+        width = self.scrollable_content_region.width
+        index = self._offset + scroll_y + y
+        if index >= len(self._strips):
+            return Strip.blank(width, self.rich_style)
+        return self._strips[index].crop_extend(scroll_x, scroll_x + width, self.rich_style)
+
+    # -- following the bottom -------------------------------------------------------------------
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        self._following = new_value >= self.max_scroll_y
+        if self._following:
+            self._set_unseen(0)
+
+    @property
+    def at_top(self) -> bool:
+        return self.scroll_y <= 0
+
+    def _set_unseen(self, count: int) -> None:
+        if count != self.unseen:
+            self.unseen = count
+            self.post_message(self.Unseen(self, count))

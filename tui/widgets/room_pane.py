@@ -1,0 +1,51 @@
+"""One tab: a room or a direct-message conversation, with its log and its unread state."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.content import Content
+from textual.widgets import Label, TabPane
+
+from shared.sanitize import one_line
+from tui.widgets.chat_log import ChatLog
+
+
+class RoomPane(TabPane):
+    """`key` is the room name, or `@name` for a DM; widget ids are generated, since room names
+    (Unicode letters, dots) are not valid Textual ids."""
+
+    def __init__(self, key: str, pane_id: str, max_lines: int) -> None:
+        self.key = key
+        self.is_dm = key.startswith("@")
+        super().__init__(Content.from_rich_text(self.title_text()), id=pane_id)
+        self.members: set[str] = set()
+        self.unread = 0
+        self.mentioned = False
+        self.last_day: date | None = None
+        self.oldest_seq: int | None = None
+        self.history_done = False
+        self.chat_log = ChatLog(max_lines)
+
+    @property
+    def peer(self) -> str:
+        return self.key[1:]
+
+    def compose(self) -> ComposeResult:
+        yield self.chat_log
+        yield Label("▼ new messages below (Page Down)", classes="unseen")
+
+    def title_text(self) -> Text:
+        """The tab label: name, unread count, and a mark for mentions; never markup."""
+        label = Text(one_line(self.key if self.is_dm else f"#{self.key}"))
+        unread = getattr(self, "unread", 0)
+        if unread:
+            label.append(f" {unread}", style="bold")
+        if getattr(self, "mentioned", False):
+            label.append(" @", style="bold red")
+        return label
+
+    def on_chat_log_unseen(self, message: ChatLog.Unseen) -> None:
+        self.query_one(".unseen", Label).display = message.count > 0
