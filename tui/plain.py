@@ -7,6 +7,7 @@ so `echo hi | chat-tui --plain connect room1` really delivers before it returns.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
 import sys
@@ -14,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TextIO
 
-from shared.protocol import Event, encode, name_error
+from shared.protocol import Event, name_error
 from shared.sanitize import one_line
 from tui.commands import CommandError, help_lines, is_command, literal, parse
 from tui.config import Config
@@ -72,9 +73,12 @@ class PlainSession:
         print(line, file=stream, flush=True)
 
     def _event(self, event: Event) -> None:
+        if self.finished.is_set():
+            return
         kind = event.get("type")
         if self.options.json:
-            self._print(encode({k: v for k, v in event.items() if k != "request"}))
+            # ASCII-escaped JSON: C1 controls in text stay inert even if a terminal shows it.
+            self._print(json.dumps({k: v for k, v in event.items() if k != "request"}))
         else:
             self._print_event(kind, event)
         if kind == "welcome":

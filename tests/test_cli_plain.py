@@ -1,0 +1,139 @@
+"""`chat-tui --plain`, `rooms` and `send`: the real console script in a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+from tests.relayproc import JsonClient
+
+TIMEOUT = 20
+
+
+def run(args, *, stdin: str = "", env_dir=None, timeout: float = TIMEOUT):
+    env = {**os.environ}
+    if env_dir is not None:
+        env["XDG_STATE_HOME"] = str(env_dir / "state")
+        env["XDG_CONFIG_HOME"] = str(env_dir / "config")
+    return subprocess.run(
+        [sys.executable, "-m", "tui", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+async def run_async(args, *, stdin: str = "", env_dir=None):
+    return await asyncio.to_thread(run, args, stdin=stdin, env_dir=env_dir)
+
+
+def server(relay) -> list[str]:
+    return ["--server", f"ws://127.0.0.1:{relay.port}"]
+
+
+async def test_piped_lines_are_delivered_before_exit(relay, room, tmp_path):
+    watcher = await JsonClient.connect(relay.url(room))
+    result = await run_async(
+        ["--plain", "connect", room, *server(relay)], stdin="hello\nworld\n", env_dir=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    first = await watcher.expect("message")
+    second = await watcher.expect("message")
+    assert [first["text"], second["text"]] == ["hello", "world"]
+    name = first["from"]
+    assert result.stdout.splitlines() == [f"{name} :: hello", f"{name} :: world"]
+    assert f"* joined #{room} as {name}" in result.stderr
+    await watcher.close()
+
+
+async def test_count_json_and_events(relay, room, tmp_path):
+    task = asyncio.create_task(
+        run_async(
+            ["--plain", "connect", room, "--count", "2", "--json", *server(relay)],
+            env_dir=tmp_path,
+        )
+    )
+    sender = await JsonClient.connect(relay.url(room))
+    while (await sender.expect("join", timeout=TIMEOUT))["name"] == sender.welcome["you"]:
+        pass
+    for text in ("one", "two", "[bold]x\x1b[2J"):
+        await sender.send(type="say", text=text)
+    result = await task
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert events[0]["type"] == "welcome"
+    assert [e["text"] for e in events if e["type"] == "message"] == ["one", "two"]
+    await sender.close()
+
+
+async def test_commands_and_sanitized_output(relay, room, tmp_path):
+    other = await JsonClient.connect(relay.url(room))
+    task = asyncio.create_task(
+        run_async(
+            ["--plain", "connect", room, "--count", "1", "--events", *server(relay)],
+            stdin="/nick plain-bot\n/bogus\n",
+            env_dir=tmp_path,
+        )
+    )
+    await other.expect("nick", new="plain-bot", timeout=TIMEOUT)
+    await other.send(type="say", text="evil\x1b]52;c;ZXZpbA==\x07 [@click=app.quit]x[/]")
+    result = await task
+    assert result.returncode == 0, result.stderr
+    assert f"{other.welcome['you']} :: evil [@click=app.quit]x[/]" in result.stdout
+    assert "is now known as plain-bot" in result.stdout
+    assert "unknown command /bogus" in result.stderr
+    assert "\x1b" not in result.stdout
+    await other.close()
+
+
+def test_connection_refused_is_one_line(tmp_path):
+    result = run(["--plain", "connect", "room1", "--server", "ws://127.0.0.1:9"], env_dir=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "chat-tui: cannot connect to ws://127.0.0.1:9/chat/room1: connection refused"
+    ]
+    assert result.stdout == ""
+
+
+def test_bad_room_and_timeout_exit_codes(relay, room, tmp_path):
+    result = run(["--plain", "connect", "no spaces", *server(relay)], env_dir=tmp_path)
+    assert result.returncode == 2
+    assert "room name may contain only" in result.stderr
+    assert "Traceback" not in result.stderr
+    waiting = ["--plain", "connect", room, "--count", "1", "--timeout", "0.5", *server(relay)]
+    result = run(waiting, env_dir=tmp_path)
+    assert result.returncode == 3
+    assert "timed out after 0.5s" in result.stderr
+
+
+async def test_send_and_rooms_over_http(relay, room, tmp_path):
+    watcher = await JsonClient.connect(relay.url(room))
+    result = await run_async(
+        ["send", room, "deploy finished", "--from", "ci-bot", *server(relay)], env_dir=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    message = await watcher.expect("message")
+    assert (message["from"], message["text"], message.get("via")) == (
+        "ci-bot",
+        "deploy finished",
+        "http",
+    )
+    result = await run_async(["rooms", *server(relay)], env_dir=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"{room}\t1" in result.stdout.splitlines()
+    bad = await run_async(["send", room, "x", "--from", "bad name", *server(relay)])
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("chat-tui: bad_name:")
+    await watcher.close()
+
+
+def test_console_script_is_installed():
+    script = os.path.join(os.path.dirname(sys.executable), "chat-tui")
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0
+    assert "connect" in result.stdout
