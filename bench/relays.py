@@ -1,0 +1,131 @@
+"""The relays under test: ours (per uvicorn WebSocket implementation) and the kit's references.
+
+Every relay runs as its own process on 127.0.0.1, pinned to the relay CPU with taskset, and
+is started fresh for each measurement so memory left over from one run cannot hide in the next.
+The references live in the team kit beside the project (`../shared/bench/ref`); the Node one
+needs `node` and is skipped without it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+REFS = ROOT.parent / "shared" / "bench" / "ref"
+
+
+@dataclass(frozen=True)
+class RelaySpec:
+    name: str
+    command: tuple[str, ...]  # "{port}" and "{state}" are filled in at start
+    protocols: tuple[str, ...]
+    ours: bool = False
+
+    def argv(self, port: int, state: str) -> list[str]:
+        return [part.format(port=port, state=state) for part in self.command]
+
+
+def _ours(name: str, ws: str) -> RelaySpec:
+    command = (sys.executable, "-m", "relay", "serve", "--port", "{port}", "--rate", "0")
+    command += ("--state-dir", "{state}", "--log-level", "warning", "--ws", ws)
+    return RelaySpec(name, command, ("chat.v1", "plain"), ours=True)
+
+
+def _ref(name: str, script: str) -> RelaySpec:
+    return RelaySpec(name, (sys.executable, str(REFS / script), "{port}"), ("plain",))
+
+
+def node_dir() -> Path | None:
+    """A copy of the references with `ws` installed (npm ci), or None without node/npm."""
+    if not (shutil.which("node") and shutil.which("npm") and (REFS / "package.json").exists()):
+        return None
+    target = RESULTS / "node-ref"
+    if not (target / "node_modules" / "ws").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("package.json", "package-lock.json", "node_ws.js"):
+            shutil.copyfile(REFS / name, target / name)
+        done = subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=target, check=False
+        )
+        if done.returncode != 0:
+            return None
+    return target
+
+
+def catalogue() -> dict[str, RelaySpec]:
+    relays = {
+        "ours": _ours("ours", "websockets-sansio"),
+        "ours-wsproto": _ours("ours-wsproto", "wsproto"),
+        "ours-websockets": _ours("ours-websockets", "websockets"),
+    }
+    if REFS.is_dir():
+        relays["naive"] = _ref("naive", "naive_starlette.py")
+        relays["queued"] = _ref("queued", "starlette_queued.py")
+        relays["wsb"] = _ref("wsb", "ws_broadcast.py")
+        relays["batched"] = _ref("batched", "ws_batched.py")
+        node = node_dir()
+        if node is not None:
+            relays["node"] = RelaySpec(
+                "node", ("node", str(node / "node_ws.js"), "{port}"), ("plain",)
+            )
+    return relays
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RunningRelay:
+    """One relay process pinned to `cpu`; stopped (by its own PID only) on exit."""
+
+    def __init__(self, spec: RelaySpec, cpu: int, log_dir: Path) -> None:
+        self.spec = spec
+        self.port = free_port()
+        self._state = tempfile.TemporaryDirectory(prefix="bench-relay-")
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_dir / f"relay-{spec.name}.log", "ab")  # noqa: SIM115
+        argv = ["taskset", "-c", str(cpu), *spec.argv(self.port, self._state.name)]
+        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=self._log, stderr=self._log)
+        self.pid = self.proc.pid
+        self._wait_listening()
+
+    def _wait_listening(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"relay {self.spec.name} exited with {self.proc.returncode}")
+            with socket.socket() as sock:
+                sock.settimeout(0.2)
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"relay {self.spec.name} did not listen within {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=8)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        self._state.cleanup()
+
+    def __enter__(self) -> RunningRelay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
