@@ -18,6 +18,9 @@ from relay.core import Client, Outgoing
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 CLOSE_TIMEOUT = 10.0
+# A batch frame stays well under the 1 MiB frame limit clients commonly keep (websockets'
+# default), even at 4 UTF-8 bytes per character; a large replay goes out as several frames.
+BATCH_CHARS = 128 * 1024
 
 
 class Connection(Client):
@@ -73,15 +76,28 @@ class Connection(Client):
                 self._wake = loop.create_future()
                 await self._wake
                 continue
-            if self.json and len(queue) > 1:
+            if self.json and len(queue) > 1 and self._queued <= BATCH_CHARS:
                 text = "\n".join(queue)
                 self._queued -= len(text) - len(queue) + 1
                 queue.clear()
+            elif self.json and len(queue) > 1:
+                text = self._take_batch()
             else:
                 text = queue.popleft()
                 self._queued -= len(text)
             await send({"type": "websocket.send", "text": text})
         await self._send_close()
+
+    def _take_batch(self) -> str:
+        """The oldest queued events that fit in one frame of at most BATCH_CHARS."""
+        queue = self._queue
+        lines = [queue.popleft()]
+        size = len(lines[0])
+        while queue and size + 1 + len(queue[0]) <= BATCH_CHARS:
+            lines.append(queue.popleft())
+            size += 1 + len(lines[-1])
+        self._queued -= size - len(lines) + 1
+        return "\n".join(lines)
 
     async def _send_close(self) -> None:
         assert self._closing is not None

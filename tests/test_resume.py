@@ -102,3 +102,20 @@ async def test_since_beyond_kept_history(relay_factory: Callable[..., RelayProce
     assert seqs(await messages_until(edge, 10)) == [6, 7, 8, 9, 10]
     for client in (alice, gone, edge):
         await client.close()
+
+
+async def test_large_replay_fits_default_client_frames(
+    relay_factory: Callable[..., RelayProcess],
+) -> None:
+    """A replay of megabytes must not arrive as one frame past a client's 1 MiB limit."""
+    relay = relay_factory("--rate", "0", "--send-queue-bytes", str(16 << 20))
+    alice = await JsonClient.connect(relay.url("r"))
+    for i in range(1, 601):
+        await alice.send(type="say", text=f"{i} " + "w" * 3000)
+    await alice.expect("message", seq=600, timeout=20)
+    epoch = alice.welcome["epoch"]
+    back = await JsonClient.connect(relay.url("r", f"since=0&epoch={epoch}"))  # max_size 1 MiB
+    assert back.welcome["recovered"] is True
+    assert seqs(await messages_until(back, 600)) == list(range(1, 601))
+    await alice.close()
+    await back.close()

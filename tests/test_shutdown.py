@@ -1,0 +1,52 @@
+"""Graceful shutdown and the command line."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+import websockets
+
+from tests.relayproc import JsonClient, RelayProcess, closed
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_flushes_then_closes_1001(
+    relay_factory: Callable[..., RelayProcess], sig: signal.Signals
+) -> None:
+    relay = relay_factory("--rate", "0", "--send-queue-bytes", str(16 << 20))
+    sender = await JsonClient.connect(relay.url("r"))
+    # Not reading while the relay queues for it: what is queued at the signal must still arrive.
+    # A small receive buffer keeps most of the backlog in the relay's queue, not in the kernel.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+    sock.connect(("127.0.0.1", relay.port))
+    lagging = await JsonClient.connect(relay.url("r"), max_queue=1, sock=sock)
+    plain = await websockets.connect(relay.url("other"))
+    count, text = 6000, "z" * 1000
+    for i in range(1, count + 1):
+        await sender.send(type="say", text=f"{i} {text}")
+    await sender.expect("message", seq=count, timeout=20)
+    relay.proc.send_signal(sig)
+    seqs = []
+    while not seqs or seqs[-1] < count:
+        event = await lagging.expect("message", timeout=10)
+        seqs.append(event["seq"])
+    assert seqs == list(range(1, count + 1))
+    for ws in (lagging.ws, plain, sender.ws):
+        code, reason = await closed(ws, timeout=10)
+        assert code == 1001 and reason == "going away"
+    assert relay.stop(timeout=15) == 0
+
+
+def test_version() -> None:
+    script = Path(sys.executable).with_name("chat-relay")
+    done = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0
+    assert done.stdout.strip() == version("terminal-chat")
