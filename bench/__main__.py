@@ -127,12 +127,35 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     meta = {
         "command": command.strip(),
+        "code": _git_state(),
         "wall_min": (time.monotonic() - started) / 60,
         "reps": plan.reps,
         "skipped": runner.skipped,
     }
     publish(out, meta)
     return 0
+
+
+def _git_state() -> str:
+    """Which relay code was measured: the commit, and whether the tree had local changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            text=True,
+            capture_output=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "relay", "shared"],
+            cwd=ROOT,
+            text=True,
+            capture_output=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" + uncommitted changes in relay/ or shared/" if dirty else "")
 
 
 def publish(results: Path, meta: dict) -> None:

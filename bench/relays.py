@@ -86,17 +86,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def snapshot_ours(into: Path) -> Path:
+    """Copy relay/ and shared/ as they are now, so every repetition measures the same code even
+    while the tree is being edited; `python -m relay` run from there imports the copy."""
+    if into.exists():
+        shutil.rmtree(into)
+    for package in ("relay", "shared"):
+        shutil.copytree(
+            ROOT / package, into / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    return into
+
+
 class RunningRelay:
     """One relay process pinned to `cpu`; stopped (by its own PID only) on exit."""
 
-    def __init__(self, spec: RelaySpec, cpu: int, log_dir: Path) -> None:
+    def __init__(self, spec: RelaySpec, cpu: int, log_dir: Path, code: Path = ROOT) -> None:
         self.spec = spec
         self.port = free_port()
         self._state = tempfile.TemporaryDirectory(prefix="bench-relay-")
         log_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(log_dir / f"relay-{spec.name}.log", "ab")  # noqa: SIM115
         argv = ["taskset", "-c", str(cpu), *spec.argv(self.port, self._state.name)]
-        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=self._log, stderr=self._log)
+        cwd = code if spec.ours else ROOT
+        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=self._log, stderr=self._log)
         self.pid = self.proc.pid
         self._wait_listening()
 

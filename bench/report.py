@@ -172,6 +172,7 @@ def render(res: Results, meta: dict[str, Any], plot_name: str | None) -> str:
     out = [BEGIN, ""]
     out += [
         f"**Last run:** `{meta['command']}` on {meta['date']} ({meta['wall_min']:.0f} min), "
+        f"relay code {meta.get('code', 'unknown')}, "
         f"{meta['machine']['cpus']} CPUs ({meta['machine']['cpu_model']}), "
         f"Python {meta['machine']['python']}, Linux {meta['machine']['kernel']}. "
         f"Relay pinned to CPU 0, load generator to CPU 1; {meta['reps']} repetition(s), relays "

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import scenarios
-from bench.relays import RESULTS, RelaySpec, RunningRelay, catalogue
+from bench.relays import RESULTS, RelaySpec, RunningRelay, catalogue, snapshot_ours
 
 RELAY_CPU = 0
 LOADGEN_CPU = 1
@@ -108,6 +108,7 @@ class Runner:
         self.relays = catalogue()
         self.skipped: list[str] = []
         out.parent.mkdir(parents=True, exist_ok=True)
+        self.code = snapshot_ours(RESULTS / "snapshot")
 
     def _available(self, cases: list[Case]) -> list[Case]:
         usable = []
@@ -136,7 +137,7 @@ class Runner:
             return
         spec: RelaySpec = self.relays[case.relay]
         try:
-            with RunningRelay(spec, RELAY_CPU, RESULTS / "logs") as relay:
+            with RunningRelay(spec, RELAY_CPU, RESULTS / "logs", self.code) as relay:
                 target = scenarios.Target(relay.port, relay.pid, case.protocol, self.procs)
                 outcome = job(target)
         except Exception as error:
