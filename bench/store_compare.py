@@ -116,7 +116,8 @@ def main() -> None:
                 print(
                     f"rep {rep + 1} {store:6} {result['msgs_per_s']:8.0f} msg/s "
                     f"{result['deliveries_per_s']:9.0f} deliveries/s "
-                    f"relay cpu {result['relay_cpu']:.2f}",
+                    f"relay cpu {result['relay_cpu']:.2f} "
+                    f"({result['relay_cpu'] * 1000 / result['msgs_per_s']:.3f} ms/msg)",
                     flush=True,
                 )
     medians = {
