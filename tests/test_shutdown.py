@@ -42,7 +42,7 @@ async def test_signal_flushes_then_closes_1001(
     for ws in (lagging.ws, plain, sender.ws):
         code, reason = await closed(ws, timeout=10)
         assert code == 1001 and reason == "going away"
-    assert relay.stop(timeout=15) == 0
+    assert relay.proc.wait(15) == 0  # one signal only: stop() would send a second
 
 
 def test_version() -> None:
