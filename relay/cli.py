@@ -114,8 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         RelayServer(config, hub).run()
     finally:
-        if isinstance(store, SQLiteStore):
-            store.close()
+        store.close()
 
 
 def _store(args: argparse.Namespace, history: int) -> Store:

@@ -334,14 +334,13 @@ class Hub:
             if sent is not None:
                 self._send(client, Outgoing(sent, None))
                 return
-        message = self._message(room.name, user.name, text)
+        message = self._message(room.name, user.name, text, cid=cid)
         if cid is not None:
-            message["cid"] = cid
             user.cids[cid] = (self.clock(), message)
         self._fanout(room, Outgoing(message, f"{user.name} :: {text}"))
 
-    def _message(self, room: str, sender: str, text: str) -> Event:
-        """A new room message, numbered and kept in the room's history."""
+    def _message(self, room: str, sender: str, text: str, **extra: str | None) -> Event:
+        """A new room message, numbered and kept in the room's history; None extras are left out."""
         message: Event = {
             "type": "message",
             "room": room,
@@ -351,6 +350,7 @@ class Hub:
             "from": sender,
             "text": text,
         }
+        message.update((key, value) for key, value in extra.items() if value is not None)
         self.store.append(room, message)
         self.metrics.messages_in += 1
         return message
@@ -623,8 +623,7 @@ class Hub:
             raise PostError(p.EMPTY, "message text is empty")
         if len(text.encode()) > self.limits.max_message_bytes:
             raise PostError(p.TOO_LARGE, f"message is longer than {self.limits.max_message_bytes}")
-        message = self._message(room_name, sender, text)
-        message["via"] = "http"
+        message = self._message(room_name, sender, text, via="http")
         room = self.rooms.get(room_name)
         if room is not None:
             self._fanout(room, Outgoing(message, f"{sender} :: {text}"))

@@ -80,6 +80,10 @@ class Store(ABC):
     @abstractmethod
     def set_dm_consent(self, a: str, b: str, state: str, requester: str) -> None: ...
 
+    def close(self) -> None:
+        """Finish pending writes; the relay calls this once, after its last connection."""
+        return None
+
     @abstractmethod
     def identity_name(self, subject: str) -> str | None:
         """The name an identity last had, if the store knows it."""
