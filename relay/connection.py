@@ -24,12 +24,21 @@ BATCH_CHARS = 128 * 1024
 
 
 class Connection(Client):
-    __slots__ = ("_closing", "_limit", "_queue", "_queued", "_send", "_wake", "_writer")
+    __slots__ = (
+        "_base_limit",
+        "_closing",
+        "_limit",
+        "_queue",
+        "_queued",
+        "_send",
+        "_wake",
+        "_writer",
+    )
 
     def __init__(self, send: Send, json: bool, queue_limit: int) -> None:
         super().__init__(json)
         self._send = send
-        self._limit = queue_limit
+        self._base_limit = self._limit = queue_limit
         self._queue: deque[str] = deque()
         self._queued = 0
         self._wake: asyncio.Future[None] | None = None
@@ -49,6 +58,11 @@ class Connection(Client):
         if self._wake is not None:
             self._wake_writer()
         return True
+
+    def preload(self, events: list[Outgoing]) -> None:
+        # The budget grows by the preload until the writer has sent it all (queue empty).
+        self._limit += sum(len(event.json) for event in events)
+        super().preload(events)
 
     def close(self, code: int, reason: str, flush: bool) -> None:
         if self._closing is not None:
@@ -71,6 +85,7 @@ class Connection(Client):
         queue, send, loop = self._queue, self._send, asyncio.get_running_loop()
         while True:
             if not queue:
+                self._limit = self._base_limit
                 if self._closing is not None:
                     break
                 self._wake = loop.create_future()

@@ -119,3 +119,20 @@ async def test_large_replay_fits_default_client_frames(
     assert seqs(await messages_until(back, 600)) == list(range(1, 601))
     await alice.close()
     await back.close()
+
+
+async def test_replay_larger_than_send_queue_is_not_a_slow_consumer(
+    relay_factory: Callable[..., RelayProcess],
+) -> None:
+    relay = relay_factory("--rate", "0", "--send-queue-bytes", "65536")
+    writer = await JsonClient.connect(relay.url("big"))
+    for i in range(1, 101):
+        await writer.send(type="say", text=f"{i} " + "x" * 3000)
+        await writer.expect("message", seq=i)
+    back = await JsonClient.connect(relay.url("big", f"since=0&epoch={writer.welcome['epoch']}"))
+    assert back.welcome["recovered"] is True
+    await writer.send(type="say", text="live after the replay")
+    got = await messages_until(back, 101)
+    assert seqs(got) == list(range(1, 102))
+    await writer.close()
+    await back.close()
