@@ -52,6 +52,7 @@ class ChatLog(ScrollView, can_focus=True):
         self._offset = 0
         self._width = 0
         self._following = True
+        self._end_pending = False
         self.unseen = 0
 
     # -- content --------------------------------------------------------------------------------
@@ -83,7 +84,7 @@ class ChatLog(ScrollView, can_focus=True):
             self._offset = 0
         self._update_size()
         if self._following:
-            self.scroll_end(animate=False, immediate=True, x_axis=False)
+            self._follow()
         else:
             if removed:
                 self.scroll_to(y=max(0, self.scroll_y - removed), animate=False, immediate=True)
@@ -143,7 +144,7 @@ class ChatLog(ScrollView, can_focus=True):
             self._width = width
             self._rebuild()
             if self._following:
-                self.scroll_end(animate=False, immediate=True, x_axis=False)
+                self._follow()
 
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
@@ -160,6 +161,17 @@ class ChatLog(ScrollView, can_focus=True):
         self._following = new_value >= self.max_scroll_y
         if self._following:
             self._set_unseen(0)
+
+    def _follow(self) -> None:
+        """Scroll to the end once per refresh, however many entries arrived meanwhile."""
+        if not self._end_pending:
+            self._end_pending = True
+            self.call_after_refresh(self._to_end)
+
+    def _to_end(self) -> None:
+        self._end_pending = False
+        if self._following:
+            self.scroll_end(animate=False, immediate=True, x_axis=False)
 
     @property
     def at_top(self) -> bool:
