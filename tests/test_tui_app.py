@@ -316,3 +316,21 @@ async def test_page_up_at_the_top_fetches_older_history(relay, room):
         await until(pa, lambda: has_line(a, room, "beginning of history"), what="history")
         texts = [line.split("poster ", 1)[1] for line in lines(a, room) if "poster " in line]
         assert texts == [f"old {n}" for n in range(1, 81)]
+
+
+async def test_help_rooms_who_and_clear(relay, room):
+    from tui.screens.help import HelpScreen
+
+    a = make_app(relay, [room])
+    async with a.run_test(size=SIZE) as pa:
+        await until(pa, lambda: connected(a, room))
+        await pa.press("f1")
+        await until(pa, lambda: isinstance(a.screen, HelpScreen), what="help")
+        await pa.press("escape")
+        await until(pa, lambda: not isinstance(a.screen, HelpScreen))
+        await type_line(pa, "/rooms")
+        await until(pa, lambda: has_line(a, room, f"#{room}  1 member(s)"), what="/rooms")
+        await type_line(pa, "/who")
+        await until(pa, lambda: has_line(a, room, f"members of #{room}: {a.identity.name}"))
+        await type_line(pa, "/clear")
+        assert lines(a, room) == []
