@@ -38,7 +38,9 @@ if TYPE_CHECKING:
 
 HISTORY_PAGE = 100
 UNREAD_TAG = "unread"
-_STATE_RANK = {State.CONNECTED: 0, State.CONNECTING: 1, State.RECONNECTING: 2, State.OFFLINE: 3}
+# The status line shows the most pressing state; a room that gave up (kicked, refused) only
+# counts as offline when no other room is connected.
+_STATE_RANK = {State.OFFLINE: 0, State.CONNECTED: 1, State.CONNECTING: 2, State.RECONNECTING: 3}
 
 
 class ChatScreen(Screen[None]):
