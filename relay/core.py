@@ -149,6 +149,7 @@ class Hub:
         self.clients: set[Client] = set()
         self._users: dict[str, User] = {}
         self._names: dict[str, User] = {}
+        self._parked_cids: dict[str, tuple[float, dict[str, tuple[float, Event]]]] = {}
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(4)
 
@@ -243,6 +244,9 @@ class Hub:
         else:
             subject, name = new_subject(), self._fresh_name()
         user = User(subject, name)
+        parked = self._parked_cids.pop(subject, None)
+        if parked is not None:
+            user.cids = parked[1]
         self._users[subject] = user
         self._names[name.casefold()] = user
         self.store.set_identity_name(subject, name)
@@ -277,10 +281,22 @@ class Hub:
         self._logout_if_gone(user)
 
     def _logout_if_gone(self, user: User) -> None:
-        if not user.clients:
-            self._users.pop(user.subject, None)
-            if self._names.get(user.name.casefold()) is user:
-                del self._names[user.name.casefold()]
+        if user.clients:
+            return
+        self._users.pop(user.subject, None)
+        if self._names.get(user.name.casefold()) is user:
+            del self._names[user.name.casefold()]
+        # A client that lost its only connection retries with the same cids after it comes
+        # back: keep them for the dedupe window. Parked in logout order, so expiry is a pop
+        # from the front.
+        now = self.clock()
+        if user.cids:
+            self._parked_cids[user.subject] = (now, user.cids)
+        while self._parked_cids:
+            subject, (parked_at, _) = next(iter(self._parked_cids.items()))
+            if now - parked_at <= CID_TTL:
+                break
+            del self._parked_cids[subject]
 
     # -- frames from clients ------------------------------------------------------------------
 

@@ -165,6 +165,26 @@ async def test_cid_retry_is_posted_once(relay: RelayProcess, room: str) -> None:
     await bob.close()
 
 
+async def test_cid_retry_after_reconnect_is_posted_once(relay: RelayProcess, room: str) -> None:
+    bob = await JsonClient.connect(relay.url(room))
+    alice = await JsonClient.connect(relay.url(room))
+    await alice.send(type="say", text="maybe lost", cid="retry-2")
+    await alice.expect("message", cid="retry-2")
+    assert (await bob.expect("message"))["seq"] == 1
+    alice.ws.transport.abort()
+    await bob.expect("leave", name=alice.welcome["you"])
+    back = await JsonClient.connect(relay.url(room, f"backlog=0&token={alice.welcome['token']}"))
+    await back.send(type="say", text="maybe lost", cid="retry-2")
+    await back.send(type="say", text="next")
+    echo = await back.expect("message")
+    assert (echo["cid"], echo["seq"]) == ("retry-2", 1)
+    assert (await back.expect("message"))["seq"] == 2
+    after = await bob.expect("message")
+    assert (after["text"], after["seq"]) == ("next", 2)
+    await back.close()
+    await bob.close()
+
+
 async def test_history_request(relay: RelayProcess, room: str) -> None:
     alice = await JsonClient.connect(relay.url(room))
     for i in range(1, 31):
