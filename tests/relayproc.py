@@ -141,3 +141,16 @@ def metric(text: str, name: str) -> float:
         if key == name:
             return float(value)
     return 0.0
+
+
+def seqs(events: list[dict[str, Any]]) -> list[int]:
+    """The seqs of the message events among `events`, in order."""
+    return [event["seq"] for event in events if event["type"] == "message"]
+
+
+async def messages_until(client: JsonClient, last_seq: int) -> list[dict[str, Any]]:
+    """Every message event up to and including seq `last_seq`."""
+    got: list[dict[str, Any]] = []
+    while not got or got[-1]["seq"] < last_seq:
+        got.append(await client.expect("message"))
+    return got

@@ -11,22 +11,11 @@ from pathlib import Path
 import httpx
 import websockets
 
-from tests.relayproc import JsonClient, RelayProcess
+from tests.relayproc import JsonClient, RelayProcess, messages_until, seqs
 
 # docs/operations.md, "Durable store": a message whose echo reached its sender at least this long
 # before the relay process died is in the database after the restart.
 PROMISE_SECONDS = 0.1
-
-
-def seqs(events: list[dict]) -> list[int]:
-    return [event["seq"] for event in events if event["type"] == "message"]
-
-
-async def messages_until(client: JsonClient, last_seq: int) -> list[dict]:
-    got: list[dict] = []
-    while not got or got[-1]["seq"] < last_seq:
-        got.append(await client.expect("message"))
-    return got
 
 
 async def all_messages(relay: RelayProcess, room: str) -> list[dict]:

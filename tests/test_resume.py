@@ -5,19 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from tests.relayproc import JsonClient, RelayProcess
-
-
-def seqs(events: list[dict]) -> list[int]:
-    return [event["seq"] for event in events if event["type"] == "message"]
-
-
-async def messages_until(client: JsonClient, last_seq: int) -> list[dict]:
-    """Every message event up to and including seq `last_seq`."""
-    got: list[dict] = []
-    while not got or got[-1]["seq"] < last_seq:
-        got.append(await client.expect("message"))
-    return got
+from tests.relayproc import JsonClient, RelayProcess, messages_until, seqs
 
 
 async def test_resume_after_forced_disconnect(relay: RelayProcess, room: str) -> None:
