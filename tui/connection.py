@@ -142,6 +142,7 @@ class RoomLink:
         self._generation = 0
         self._outbox: dict[str, _Pending] = {}
         self._queued: deque[Event] = deque()
+        self._read: int | None = None
         self._in_flight: deque[tuple[str, str | None]] = deque()
         self._wake = asyncio.Event()
         self._replay_left = 0
@@ -162,6 +163,12 @@ class RoomLink:
     def send(self, request: Event) -> None:
         """Queue any other request (nick, dm, who, history); sent once, in order with says."""
         self._queued.append(request)
+        self._wake.set()
+
+    def mark_read(self, seq: int) -> None:
+        """Report the read marker. Kept apart from `send`: the relay answers nothing when the
+        marker does not move, so it must not wait as in flight, and only the newest one matters."""
+        self._read = seq
         self._wake.set()
 
     @property
@@ -266,6 +273,11 @@ class RoomLink:
                     pending = self._outbox.get(cid)
                     if pending is not None and pending.generation != generation:
                         await self._send_say(ws, cid, pending, generation)
+                read = self._read
+                if read is not None and self._ready:
+                    await ws.send(encode({"type": "read", "seq": read}))
+                    if self._read == read:
+                        self._read = None
         except ConnectionClosed:
             return
 

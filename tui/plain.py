@@ -116,6 +116,8 @@ class PlainSession:
             self._print(f"* {get('by')} {kind.removeprefix('dm_')} your DMs", system=True)
         elif kind == "topic":
             self._print(f"* {get('by')} set the topic: {get('topic')}", system=True)
+        elif kind == "read":
+            self._print(f"* {get('name')} read up to seq {get('seq')}", system=True)
 
     def _status(self, status: Status) -> None:
         if status.state == State.RECONNECTING:

@@ -16,6 +16,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Footer, TabbedContent
 from textual.worker import Worker
 
@@ -29,6 +30,7 @@ from tui.messages import LinkChanged, RoomEvent
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.help import HelpScreen
 from tui.widgets.chat_input import ChatInput
+from tui.widgets.chat_log import ChatLog
 from tui.widgets.member_list import MemberList
 from tui.widgets.room_pane import RoomPane
 from tui.widgets.status_bar import StatusBar
@@ -64,6 +66,7 @@ class ChatScreen(Screen[None]):
         self.statuses: dict[str, Status] = {}
         self.seen_dms: set[object] = set()
         self._retry_at: dict[str, float] = {}
+        self._read_timers: dict[str, Timer] = {}
         self._ids = count(1)
 
     @property
@@ -144,6 +147,9 @@ class ChatScreen(Screen[None]):
             worker.cancel()
         self.links.pop(key, None)
         self.statuses.pop(key, None)
+        timer = self._read_timers.pop(key, None)
+        if timer is not None:
+            timer.stop()
         del self.panes[key]
         self.query_one(TabbedContent).remove_pane(pane.id or "")
         self._show_status()
@@ -176,7 +182,9 @@ class ChatScreen(Screen[None]):
         if pane is not None:
             pane.unread = 0
             pane.mentioned = False
+            pane.receipts.unread.clear()
             self._relabel(pane)
+            self._report_read(pane)
         self._show_members()
         self._show_status()
 
@@ -208,12 +216,15 @@ class ChatScreen(Screen[None]):
             self._error(pane, event)
         elif kind in ("topic", "kick", "closed"):
             self._owner_event(pane, event)
+        elif kind == "read":
+            self._read(pane, event)
 
     def _welcome(self, pane: RoomPane, event: Event) -> None:
         fmt, clock = self.formatter, self.chat.clock
         members = event.get("members")
         names = members if isinstance(members, list) else []
         pane.members = {m for m in names if isinstance(m, str)}
+        self._welcome_marker(pane, event)
         if event.get("recovered") is False:
             pane.chat_log.write(fmt.gap())
             pane.oldest_seq = None
@@ -231,6 +242,19 @@ class ChatScreen(Screen[None]):
         self._show_members()
         self._show_status()
 
+    def _welcome_marker(self, pane: RoomPane, event: Event) -> None:
+        """Seqs of a new epoch say nothing about the old one, so read state starts over."""
+        marker = event.get("read")
+        marker = marker if isinstance(marker, int) else 0
+        epoch = event.get("epoch")
+        if epoch != pane.epoch:
+            pane.epoch = epoch if isinstance(epoch, str) else None
+            pane.receipts.reset(marker)
+            pane.show_seen([])
+        else:
+            pane.receipts.read_by_me(marker)
+        self._sync_unread(pane)
+
     def _day_line(self, pane: RoomPane, event: Event) -> None:
         moment = self.chat.clock.local(event.get("ts"))
         if pane.last_day is not None and moment.date() != pane.last_day:
@@ -246,14 +270,20 @@ class ChatScreen(Screen[None]):
             pane.oldest_seq = seq
         self._day_line(pane, event)
         live = not event.get("replay")
-        if live and not own:
-            self._count_unread(pane, mention)
+        if isinstance(seq, int):
+            pane.receipts.shown(seq, own)
+        if not own and (live or (isinstance(seq, int) and pane.receipts.is_unread(seq))):
+            self._count_unread(pane, mention, seq if isinstance(seq, int) else None)
         moment = self.chat.clock.local(event.get("ts"))
         pane.chat_log.write(self.formatter.message(moment, sender, text, own=own, mention=mention))
+        if own:
+            pane.show_seen(pane.receipts.seen_by())
         if live and mention:
             self._alert(f"{one_line(sender)} in #{one_line(pane.key)}", text, pane)
+        if live:
+            self._report_read(pane)
 
-    def _count_unread(self, pane: RoomPane, mention: bool) -> None:
+    def _count_unread(self, pane: RoomPane, mention: bool, seq: int | None = None) -> None:
         if pane is self.active_pane():
             return
         if pane.unread == 0:
@@ -261,7 +291,66 @@ class ChatScreen(Screen[None]):
             pane.chat_log.write(self.formatter.unread_marker(), tag=UNREAD_TAG)
         pane.unread += 1
         pane.mentioned = pane.mentioned or mention
+        if seq is not None:
+            pane.receipts.count_unread(seq, mention)
         self._relabel(pane)
+
+    # -- read markers ---------------------------------------------------------------------------
+
+    def _read(self, pane: RoomPane, event: Event) -> None:
+        name, seq = event.get("name"), event.get("seq")
+        if pane.is_dm or not isinstance(name, str) or not isinstance(seq, int):
+            return
+        if name == self.me:
+            pane.receipts.read_by_me(seq)
+            self._sync_unread(pane)
+        else:
+            pane.receipts.read_by(name, seq)
+            pane.show_seen(pane.receipts.seen_by())
+
+    def _sync_unread(self, pane: RoomPane) -> None:
+        """A room's unread count is what lies past the marker; another device may have moved it."""
+        unread, mentioned = len(pane.receipts.unread), pane.receipts.mentioned
+        if (unread, mentioned) != (pane.unread, pane.mentioned):
+            pane.unread, pane.mentioned = unread, mentioned
+            self._relabel(pane)
+
+    def _report_read(self, pane: RoomPane) -> None:
+        """Tell the relay what the user has seen: the active room's newest message, in view.
+
+        At most one report per room per `READ_INTERVAL`; a report held back is sent by a timer,
+        with whatever is newest by then.
+        """
+        link = self.links.get(pane.key)
+        if (
+            pane.is_dm
+            or link is None
+            or not link.connected
+            or pane is not self.active_pane()
+            or not pane.chat_log.at_bottom
+            or pane.key in self._read_timers
+        ):
+            return
+        seq = pane.receipts.wanted()
+        if seq is None:
+            return
+        now = time.monotonic()
+        wait = pane.receipts.wait(now)
+        if wait > 0:
+            self._read_timers[pane.key] = self.set_timer(wait, lambda: self._read_due(pane))
+            return
+        link.mark_read(seq)
+        pane.receipts.sent(seq, now)
+
+    def _read_due(self, pane: RoomPane) -> None:
+        self._read_timers.pop(pane.key, None)
+        if self.panes.get(pane.key) is pane:
+            self._report_read(pane)
+
+    def on_chat_log_unseen(self, message: ChatLog.Unseen) -> None:
+        pane = message.chat_log.parent
+        if message.count == 0 and isinstance(pane, RoomPane):
+            self._report_read(pane)
 
     def _alert(self, title: str, text: str, pane: RoomPane) -> None:
         if self.chat.config.bell:
@@ -338,6 +427,8 @@ class ChatScreen(Screen[None]):
         if old in pane.members:
             pane.members.discard(old)
             pane.members.add(new)
+        pane.receipts.renamed(old, new)
+        pane.show_seen(pane.receipts.seen_by())
         moment = self.chat.clock.local(event.get("ts"))
         pane.chat_log.write(self.formatter.system(moment, f"{old} is now known as {new}"))
         dm = self.panes.get("@" + old)
@@ -397,6 +488,8 @@ class ChatScreen(Screen[None]):
             self.statuses[status.room] = status
             self._retry_at[status.room] = time.monotonic() + status.retry_in
             self._show_status()
+            if status.state == State.CONNECTED and status.room in self.panes:
+                self._report_read(self.panes[status.room])
             if status.state == State.RECONNECTING and status.room in self.panes:
                 pane = self.panes[status.room]
                 if pane.chat_log.entry_count and status.detail:

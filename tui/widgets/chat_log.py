@@ -174,6 +174,11 @@ class ChatLog(ScrollView, can_focus=True):
             self.scroll_end(animate=False, immediate=True, x_axis=False)
 
     @property
+    def at_bottom(self) -> bool:
+        """Following the end: the newest entry is the one in view."""
+        return self._following
+
+    @property
     def at_top(self) -> bool:
         return self.scroll_y <= 0
 

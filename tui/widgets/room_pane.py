@@ -10,7 +10,10 @@ from textual.content import Content
 from textual.widgets import Label, TabPane
 
 from shared.sanitize import one_line
+from tui.receipts import ReadReceipts
 from tui.widgets.chat_log import ChatLog
+
+SEEN_NAMES = 5
 
 
 class RoomPane(TabPane):
@@ -27,7 +30,10 @@ class RoomPane(TabPane):
         self.last_day: date | None = None
         self.oldest_seq: int | None = None
         self.history_done = False
+        self.epoch: str | None = None
+        self.receipts = ReadReceipts()
         self.chat_log = ChatLog(max_lines)
+        self.seen_label = Label(classes="seen")
 
     @property
     def peer(self) -> str:
@@ -35,6 +41,7 @@ class RoomPane(TabPane):
 
     def compose(self) -> ComposeResult:
         yield self.chat_log
+        yield self.seen_label
         yield Label("▼ new messages below (Page Down)", classes="unseen")
 
     def title_text(self) -> Text:
@@ -49,3 +56,12 @@ class RoomPane(TabPane):
 
     def on_chat_log_unseen(self, message: ChatLog.Unseen) -> None:
         self.query_one(".unseen", Label).display = message.count > 0
+
+    def show_seen(self, names: list[str]) -> None:
+        """Update the one "seen by" line; the log itself is not touched."""
+        label = self.seen_label
+        label.display = bool(names)
+        if names:
+            shown = ", ".join(one_line(name) for name in names[:SEEN_NAMES])
+            more = f" +{len(names) - SEEN_NAMES}" if len(names) > SEEN_NAMES else ""
+            label.update(Text(f"✓ seen by {shown}{more}", style="dim"))
