@@ -302,20 +302,24 @@ class Hub:
 
     def receive(self, client: Client, text: str) -> None:
         """Handle one text frame from a client."""
-        if client.room is None or not self._admit(client):
+        if client.room is None:
             return
         if not client.json:
-            self._say(client, text, None)
+            if self._admit(client):
+                self._say(client, text, None)
             return
         try:
             request = json.loads(text)
         except ValueError:
-            self._error(client, p.BAD_JSON, "frame is not valid JSON")
+            request = None
+        kind = request.get("type") if isinstance(request, dict) else None
+        # Read markers are exempt: a client sends them on its own, they fan out only when the
+        # marker moves, and a refused one would look like a refusal of the user's last message.
+        if kind != "read" and not self._admit(client):
             return
         if not isinstance(request, dict):
             self._error(client, p.BAD_JSON, "frame must be a JSON object")
             return
-        kind = request.get("type")
         handler = self._handlers.get(kind) if isinstance(kind, str) else None
         if handler is None:
             self._error(client, p.UNKNOWN_TYPE, f"unknown type {kind!r}"[:200])

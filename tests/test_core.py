@@ -442,6 +442,17 @@ def test_rate_limit_refills_with_time() -> None:
     assert alice.closed is None
 
 
+def test_read_markers_are_not_rate_limited() -> None:
+    hub = make_hub(rate=1.0, burst=2)
+    alice = joined(hub)
+    say(hub, alice, "1")
+    say(hub, alice, "2")
+    send(hub, alice, type="read", seq=1)
+    send(hub, alice, type="read", seq=2)
+    assert [event["seq"] for event in alice.of("read")] == [1, 2]
+    assert not alice.of("error")
+
+
 def test_sustained_flood_closes_only_the_flooder() -> None:
     clock = FakeClock()
     hub = make_hub(clock, rate=1.0, burst=2, flood_strikes=5)
