@@ -137,3 +137,30 @@ def test_console_script_is_installed():
     result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0
     assert "connect" in result.stdout
+
+
+async def test_requests_without_a_direct_reply_do_not_hang(relay, room, tmp_path):
+    """`/accept`, `/decline` and `/topic` must let --plain finish whether they succeed or are
+    refused: the subprocess timeout is the guard, no --timeout is given."""
+    args = ["--plain", "connect", room, *server(relay)]
+    owner = await run_async(args, stdin="/topic owned\n", env_dir=tmp_path)
+    assert owner.returncode == 0, owner.stderr
+    assert "set the topic: owned" in owner.stderr
+    target = f"target-{room}"
+    first = await run_async([*args, "--name", target], env_dir=tmp_path / "target")
+    assert first.returncode == 0, first.stderr
+    other = await JsonClient.connect(relay.url(room))
+    await other.send(type="dm", to=target, text="psst")
+    await other.expect("dm", timeout=TIMEOUT)
+    pending = f"/accept {other.welcome['you']}\n"
+    for stdin, env_dir in (
+        (pending, tmp_path / "target"),
+        ("/accept somebody\n", tmp_path / "target"),
+        ("/decline somebody\n", tmp_path / "other"),
+        ("/topic x\nhello\n", tmp_path / "other"),
+    ):
+        result = await asyncio.to_thread(run, args, stdin=stdin, env_dir=env_dir, timeout=10)
+        assert result.returncode in (0, 1), result.stderr
+    assert "not_owner" in result.stderr
+    assert (await other.expect("message", timeout=TIMEOUT))["text"] == "hello"
+    await other.close()

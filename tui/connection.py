@@ -30,6 +30,9 @@ from shared.protocol import CLOSE_POLICY, SUBPROTOCOL, Event, decode_frame, enco
 SEEN_IDS = 4096
 # The room owner kicked us (4001) or closed the room (4002): reconnecting would be wrong.
 FINAL_CLOSES = {4001: "kicked by the room owner", 4002: "the room was closed by its owner"}
+# Requests the relay always answers (with their event or an `error`); only these wait in flight.
+# `dm_accept`/`dm_decline` succeed silently, so tracking them would blame a later error on them.
+ANSWERED = {"nick", "dm", "who", "history", "topic"}
 
 
 class State(Enum):
@@ -125,6 +128,7 @@ class RoomLink:
         backlog: int | None = None,
         backoff: Backoff | None = None,
         fail_fast: bool = False,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self.room = room
@@ -134,6 +138,7 @@ class RoomLink:
         self.backlog = backlog
         self.backoff = backoff or Backoff()
         self.fail_fast = fail_fast
+        self.on_idle = on_idle
         self.epoch: str | None = None
         self.last_seq: int | None = None
         self.max_message_bytes: int | None = None
@@ -244,8 +249,13 @@ class RoomLink:
             async for frame in ws:
                 if isinstance(frame, bytes):
                     continue
-                for event in decode_frame(frame):
-                    self._receive(event)
+                try:
+                    events = decode_frame(frame)
+                except ValueError:
+                    continue
+                for event in events:
+                    if isinstance(event, dict):
+                        self._receive(event)
         except ConnectionClosed:
             pass
         finally:
@@ -267,7 +277,8 @@ class RoomLink:
                     request = self._queued.popleft()
                     cid = request.get("cid") if request["type"] == "say" else None
                     if cid is None:
-                        self._in_flight.append((request["type"], None))
+                        if self._expects_answer(request):
+                            self._in_flight.append((request["type"], None))
                         await ws.send(encode(request))
                         continue
                     pending = self._outbox.get(cid)
@@ -278,8 +289,17 @@ class RoomLink:
                     await ws.send(encode({"type": "read", "seq": read}))
                     if self._read == read:
                         self._read = None
+                if self.idle and self.on_idle is not None:
+                    self.on_idle()
         except ConnectionClosed:
             return
+
+    def _expects_answer(self, request: Event) -> bool:
+        """A nick to the name already held is not announced, so nothing would answer it."""
+        kind = request["type"]
+        if kind == "nick":
+            return request.get("name") != self.identity.name
+        return kind in ANSWERED
 
     async def _send_say(
         self, ws: websockets.ClientConnection, cid: str, pending: _Pending, generation: int
@@ -300,7 +320,7 @@ class RoomLink:
                 return
         elif kind == "error":
             self._error(event)
-        elif kind in ("dm", "members", "history", "nick"):
+        elif kind in ("dm", "members", "history", "nick", "topic"):
             self._answered(event)
         self.sink(event)
         if kind == "message" and self._replay_left > 0:
@@ -317,7 +337,8 @@ class RoomLink:
         limits = event.get("limits")
         if isinstance(limits, dict) and isinstance(limits.get("max_message_bytes"), int):
             self.max_message_bytes = limits["max_message_bytes"]
-        self._replay_left = int(event.get("replay") or 0)
+        replay = event.get("replay")
+        self._replay_left = replay if isinstance(replay, int) and replay > 0 else 0
         if self._replay_left == 0:
             if isinstance(event.get("seq"), int):
                 self.last_seq = max(self.last_seq or 0, event["seq"])
@@ -349,7 +370,8 @@ class RoomLink:
 
     def _answered(self, event: Event) -> None:
         kind = event["type"]
-        if kind == "dm" and event.get("from") != self.identity.name:
+        sender = event.get("by") if kind == "topic" else event.get("from")
+        if kind in ("dm", "topic") and sender != self.identity.name:
             return
         if kind == "nick":
             if event.get("old") == self.identity.name:

@@ -64,6 +64,7 @@ class PlainSession:
             backlog=options.backlog,
             backoff=Backoff(cap=config.reconnect_max_seconds),
             fail_fast=True,
+            on_idle=self._check_done,
         )
 
     # -- output -----------------------------------------------------------------------------------
@@ -144,21 +145,25 @@ class PlainSession:
         try:
             command = parse(line)
         except CommandError as error:
-            print(f"chat-tui: {error}", file=self.err, flush=True)
+            self._note(f"chat-tui: {error}")
             return False
         if command.name == "quit":
             return True
         if command.name == "nick":
             problem = name_error(command.arg)
             if problem:
-                print(f"chat-tui: {problem}", file=self.err, flush=True)
-            elif command.arg != self.identity.name:
+                self._note(f"chat-tui: {problem}")
+            elif command.arg == self.identity.name:
+                self._note(f"chat-tui: you are already {one_line(command.arg)}")
+            else:
                 self.link.send({"type": "nick", "name": command.arg})
         elif command.name == "msg":
             to, text = command.split()
             self.link.send({"type": "dm", "to": to, "text": text})
         elif command.name in ("accept", "decline") and command.arg:
             self.link.send({"type": f"dm_{command.name}", "from": command.arg})
+        elif command.name == "topic":
+            self.link.send({"type": "topic", "text": command.arg})
         elif command.name == "who":
             self.link.send({"type": "who"})
         elif command.name == "help":
@@ -167,12 +172,16 @@ class PlainSession:
         elif command.name == "rooms":
             try:
                 for room in await list_rooms(self.config.http_base):
-                    self._print(f"* #{one_line(str(room.get('room')))} {room.get('members')}", True)
+                    room_name, members = one_line(str(room.get("room"))), room.get("members")
+                    self._print(f"* #{room_name} {one_line(str(members))}", True)
             except ApiError as error:
-                print(f"chat-tui: {one_line(str(error))}", file=self.err, flush=True)
+                self._note(f"chat-tui: {one_line(str(error))}")
         else:
-            print(f"chat-tui: /{command.name} is not available in --plain", file=self.err)
+            self._note(f"chat-tui: /{command.name} is not available in --plain")
         return False
+
+    def _note(self, line: str) -> None:
+        print(line, file=self.err, flush=True)
 
     def _check_done(self) -> None:
         count = self.options.count
