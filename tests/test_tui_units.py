@@ -56,6 +56,25 @@ def test_token_store_is_per_server_and_private(tmp_path):
     assert (tmp_path / "identity.json").stat().st_mode & 0o077 == 0
 
 
+def test_unwritable_state_keeps_working_in_memory(tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    store = TokenStore(blocker / "identity.json")
+    store.put("ws://a", "token-a")
+    assert store.get("ws://a") == "token-a"
+    history = InputHistory(blocker / "history")
+    history.add("typed while the disk is full")
+    assert history.previous("") == "typed while the disk is full"
+
+
+def test_token_file_is_created_private(tmp_path):
+    leftover = tmp_path / "identity.tmp"
+    leftover.write_text("{}")
+    leftover.chmod(0o644)
+    TokenStore(tmp_path / "identity.json").put("ws://a", "token-a")
+    assert (tmp_path / "identity.json").stat().st_mode & 0o777 == 0o600
+
+
 def test_config_file_and_errors(tmp_path):
     path = tmp_path / "config.toml"
     assert Config.load(path) == Config()

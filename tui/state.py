@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 
 
 def _write_private(path: Path, text: str) -> None:
+    """Created 0600 from the start: the token must never be readable by others, even briefly."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.chmod(temporary, 0o600)
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w", encoding="utf-8") as file:
+        file.write(text)
     temporary.replace(path)
 
 
 class TokenStore:
-    """Tokens keyed by server URL: a token is only meaningful to the relay that signed it."""
+    """Tokens keyed by server URL: a token is only meaningful to the relay that signed it.
+
+    A state directory that cannot be written (full disk, read-only) must not cost the
+    connection: the token is then kept for this run only.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._memory: dict[str, str] = {}
 
     def _all(self) -> dict[str, str]:
         try:
@@ -31,17 +41,22 @@ class TokenStore:
         return {k: v for k, v in data.items() if isinstance(v, str)}
 
     def get(self, server: str) -> str | None:
-        return self._all().get(server)
+        return self._memory.get(server) or self._all().get(server)
 
     def put(self, server: str, token: str) -> None:
         tokens = self._all()
+        self._memory[server] = token
         if tokens.get(server) != token:
             tokens[server] = token
-            _write_private(self.path, json.dumps(tokens, indent=1))
+            with contextlib.suppress(OSError):
+                _write_private(self.path, json.dumps(tokens, indent=1))
 
 
 class InputHistory:
-    """Lines the user sent, oldest first, walked with Up/Down like a shell history."""
+    """Lines the user sent, oldest first, walked with Up/Down like a shell history.
+
+    Saving is best effort: a line typed while the disk is full is still sent and recalled.
+    """
 
     def __init__(self, path: Path | None, limit: int = 1000) -> None:
         self.path = path
@@ -66,7 +81,8 @@ class InputHistory:
 
     def _save(self) -> None:
         if self.path is not None:
-            _write_private(self.path, "\n".join(self.lines) + "\n")
+            with contextlib.suppress(OSError):
+                _write_private(self.path, "\n".join(self.lines) + "\n")
 
     def previous(self, current: str) -> str | None:
         """The line before the cursor; the text being typed is kept to come back to."""
