@@ -40,12 +40,24 @@ def start_relay(db: str, state: Path) -> tuple[subprocess.Popen[bytes], int]:
     raise RuntimeError("relay did not start")
 
 
+def stop_relay(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL if the relay has not exited within 15 s."""
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def run_load(port: int, pid: int, clients: int, senders: int, seconds: float) -> dict:
+async def run_load(
+    port: int, pid: int, clients: int, senders: int, seconds: float
+) -> dict[str, float]:
     url = f"ws://127.0.0.1:{port}/chat/bench?backlog=0"
     sockets = [await websockets.connect(url, subprotocols=[SUBPROTOCOL]) for _ in range(clients)]
     received = [0] * clients
@@ -82,6 +94,8 @@ async def run_load(port: int, pid: int, clients: int, senders: int, seconds: flo
     for ws in sockets:
         await ws.close()
     await asyncio.wait(readers, timeout=5)
+    for task in writers + readers:
+        task.cancel()
     deliveries = (after - before) / elapsed
     return {
         "msgs_per_s": deliveries / clients,
@@ -98,7 +112,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
     os.sched_setaffinity(0, {1})
-    results: dict[str, list[dict]] = {"sqlite": [], "memory": []}
+    results: dict[str, list[dict[str, float]]] = {"sqlite": [], "memory": []}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.reps):
             for store in ("sqlite", "memory"):
@@ -110,8 +124,7 @@ def main() -> None:
                         run_load(port, proc.pid, args.clients, args.senders, args.seconds)
                     )
                 finally:
-                    proc.terminate()
-                    proc.wait(15)
+                    stop_relay(proc)
                 results[store].append(result)
                 print(
                     f"rep {rep + 1} {store:6} {result['msgs_per_s']:8.0f} msg/s "

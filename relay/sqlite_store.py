@@ -3,16 +3,17 @@
 The hub calls the store synchronously on the event loop, on the fan-out path, so nothing here
 may wait for the disk. Each room keeps an in-memory tail (its last `history_limit` messages, plus
 any the writer has not committed yet); replay, resume and history pages are served from it, with
-the same answers as MemoryStore. Every change becomes an operation that is handed, once per
-event-loop iteration, to a writer thread that group-commits whatever arrived within
-`FLUSH_SECONDS` in one transaction.
+the same answers as MemoryStore. Every change becomes an operation queued for a writer thread
+that group-commits whatever arrived within `FLUSH_SECONDS` in one transaction. A failed write is
+logged and the database marked unclean, but the relay carries on from memory.
 
 The only reads on the event loop are a room's first use since start (its row, tail and read
-markers), and an identity, name, held DMs or DM consent not seen since start. They are
-primary-key lookups and index range scans, well under a millisecond, and WAL readers never wait
-for the writer; that is cheaper and simpler than a round trip to a thread. The database keeps
-more than the tail (up to the retention settings), so raising `--history` and restarting
-serves older messages again.
+markers), and an identity, name, held DMs or DM consent not in its cache. They are primary-key
+lookups and index range scans, well under a millisecond, and WAL readers never wait for the
+writer; that is cheaper and simpler than a round trip to a thread. The caches are bounded and
+hold only rows that exist, so lookups of made-up names cost a query each but no memory. The
+database keeps more than the tail (up to the retention settings), so raising `--history` and
+restarting serves older messages again.
 
 Rows are inserted with multi-row statements rather than `executemany`, because sqlite3 releases
 the GIL around every step: one step per row would make the writer queue for the GIL behind the
@@ -21,7 +22,7 @@ busy event loop once per row.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import logging
 import queue
@@ -29,10 +30,10 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from relay.store import Store
 from shared import protocol as p
@@ -42,6 +43,7 @@ FLUSH_SECONDS = 0.005
 FLUSH_MAX_OPS = 2000
 ROWS_PER_STATEMENT = 500
 RETENTION_SECONDS = 60.0
+CACHE_ENTRIES = 4096
 DAY = 86400.0
 
 log = logging.getLogger("relay.sqlite_store")
@@ -77,6 +79,8 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 Op = tuple[Any, ...]
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class _Room:
@@ -104,6 +108,41 @@ class _Room:
         self.reads: dict[str, int] = {}
 
 
+class _Cache(Generic[K, V]):
+    """The most recently used rows of one table, in front of the database.
+
+    An entry the writer has not committed yet is not evicted, since the database would still
+    answer with the old row; while the writer lags, the cache may hold more than `limit`.
+    """
+
+    def __init__(self, limit: int, written: Callable[[], int]) -> None:
+        self._limit = limit
+        self._written = written
+        self._entries: OrderedDict[K, tuple[V, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: K, load: Callable[[], V | None]) -> V | None:
+        """The cached value, or else the database's; a row that does not exist is not cached."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+            return entry[0]
+        value = load()
+        if value is not None:
+            self.put(key, value, 0)
+        return value
+
+    def put(self, key: K, value: V, op: int) -> None:
+        """Remember `value`, which the database has once the writer is past operation `op`."""
+        self._entries[key] = (value, op)
+        self._entries.move_to_end(key)
+        entries = self._entries
+        while len(entries) > self._limit and next(iter(entries.values()))[1] <= self._written():
+            entries.popitem(last=False)
+
+
 class SQLiteStore(Store):
     """Everything the relay remembers, in one SQLite file that outlives it.
 
@@ -127,13 +166,19 @@ class SQLiteStore(Store):
         self._retention_seconds = retention_seconds
         self._clock = clock
         self._rooms: dict[str, _Room] = {}
-        self._names: dict[str, str] = {}
-        self._subjects: dict[str, str | None] = {}
-        self._dms: dict[str, list[tuple[str, Event]]] = {}
-        self._consent: dict[tuple[str, str], tuple[str, str] | None] = {}
+        # Rooms never used get this epoch until their first change, so it stays what they said.
+        self._new_epoch = secrets.token_hex(6)
+        self._submitted = 0
+        self._written = 0
+        self._names: _Cache[str, str] = _Cache(CACHE_ENTRIES, self._written_ops)
+        # None: the name was just given up, but the database does not know yet.
+        self._subjects: _Cache[str, str | None] = _Cache(CACHE_ENTRIES, self._written_ops)
+        self._dms: _Cache[str, list[tuple[str, Event]]] = _Cache(CACHE_ENTRIES, self._written_ops)
+        self._consent: _Cache[tuple[str, str], tuple[str, str]] = _Cache(
+            CACHE_ENTRIES, self._written_ops
+        )
         self._floors: dict[str, tuple[str, int]] = {}
-        self._pending: list[Op] = []
-        self._queue: queue.SimpleQueue[list[Op] | threading.Event | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Op | threading.Event | None] = queue.SimpleQueue()
         self._lost = False
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._db = _connect(self._path)
@@ -166,15 +211,17 @@ class SQLiteStore(Store):
         self._retain(db)
 
     def flush(self) -> None:
-        """Wait until everything handed to the store so far is committed."""
-        self._handoff()
+        """Wait until the writer has dealt with every change made so far.
+
+        Only tests call it: it lets them look at the database, or at retention's effect, the
+        moment it is there, without sleeping or closing the store.
+        """
         done = threading.Event()
         self._queue.put(done)
         done.wait()
 
     def close(self) -> None:
         """Commit what is pending, mark the database cleanly closed and stop the writer."""
-        self._handoff()
         self._queue.put(None)
         self._writer.join()
         self._db.close()
@@ -182,7 +229,7 @@ class SQLiteStore(Store):
     # -- the Store interface (event loop) -------------------------------------------------------
 
     def room(self, room: str) -> tuple[str, int]:
-        state = self._room(room)
+        state = self._peek(room)
         return state.epoch, state.seq
 
     def append(self, room: str, message: Event) -> None:
@@ -226,96 +273,117 @@ class SQLiteStore(Store):
         self._submit(("r", room, self._rooms[room].epoch))
 
     def owner(self, room: str) -> str | None:
-        return self._room(room).owner
+        return self._peek(room).owner
 
     def set_owner(self, room: str, subject: str) -> None:
         self._room(room).owner = subject
         self._submit(("o", room, subject))
 
     def topic(self, room: str) -> str | None:
-        return self._room(room).topic
+        return self._peek(room).topic
 
     def set_topic(self, room: str, topic: str) -> None:
         self._room(room).topic = topic
         self._submit(("t", room, topic))
 
     def read_marker(self, room: str, subject: str) -> int:
-        return self._room(room).reads.get(subject, 0)
+        return self._peek(room).reads.get(subject, 0)
 
     def set_read_marker(self, room: str, subject: str, seq: int) -> None:
         self._room(room).reads[subject] = seq
         self._submit(("k", room, subject, seq))
 
     def identity_name(self, subject: str) -> str | None:
-        name = self._names.get(subject)
-        if name is None:
-            row = self._db.execute(
-                "SELECT name FROM identities WHERE subject = ?", (subject,)
-            ).fetchone()
-            if row is not None:
-                name = self._names[subject] = row[0]
-        return name
+        return self._names.get(
+            subject,
+            lambda: _first(
+                self._db.execute(
+                    "SELECT name FROM identities WHERE subject = ?", (subject,)
+                ).fetchone()
+            ),
+        )
 
     def set_identity_name(self, subject: str, name: str) -> None:
         old = self.identity_name(subject)
         if old == name:
             return
-        if old is not None and self.subject_of(old) == subject:
-            self._subjects[old.casefold()] = None
-        self._names[subject] = name
-        self._subjects[name.casefold()] = subject
+        freed = old if old is not None and self.subject_of(old) == subject else None
         self._submit(("i", subject, name, None if old is None else old.casefold()))
+        if freed is not None:
+            self._subjects.put(freed.casefold(), None, self._submitted)
+        self._names.put(subject, name, self._submitted)
+        self._subjects.put(name.casefold(), subject, self._submitted)
 
     def subject_of(self, name: str) -> str | None:
         folded = name.casefold()
-        if folded not in self._subjects:
-            row = self._db.execute("SELECT subject FROM names WHERE folded = ?", (folded,))
-            self._subjects[folded] = _first(row.fetchone())
-        return self._subjects[folded]
+        return self._subjects.get(
+            folded,
+            lambda: _first(
+                self._db.execute("SELECT subject FROM names WHERE folded = ?", (folded,)).fetchone()
+            ),
+        )
 
     def hold_dm(self, to: str, sender: str, event: Event) -> None:
-        self._held(to).append((sender, event))
+        held = self._held(to)
+        held.append((sender, event))
         self._submit(("h", to, sender, event))
+        self._dms.put(to, held, self._submitted)
 
     def held_dms(self, to: str) -> list[tuple[str, Event]]:
         return list(self._held(to))
 
     def drop_dms(self, to: str, sender: str) -> None:
-        self._dms[to] = [held for held in self._held(to) if held[0] != sender]
+        held = [held for held in self._held(to) if held[0] != sender]
         self._submit(("x", to, sender))
+        self._dms.put(to, held, self._submitted)
 
     def dm_consent(self, a: str, b: str) -> tuple[str, str] | None:
         pair = _pair(a, b)
-        if pair not in self._consent:
+
+        def load() -> tuple[str, str] | None:
             row = self._db.execute(
                 "SELECT state, requester FROM consent WHERE a = ? AND b = ?", pair
             ).fetchone()
-            self._consent[pair] = None if row is None else (row[0], row[1])
-        return self._consent[pair]
+            return None if row is None else (row[0], row[1])
+
+        return self._consent.get(pair, load)
 
     def set_dm_consent(self, a: str, b: str, state: str, requester: str) -> None:
         pair = _pair(a, b)
-        self._consent[pair] = (state, requester)
         self._submit(("c", *pair, state, requester))
+        self._consent.put(pair, (state, requester), self._submitted)
 
     # -- event-loop helpers ---------------------------------------------------------------------
 
-    def _room(self, name: str) -> _Room:
+    def _peek(self, name: str) -> _Room:
+        """The room, to look at: one that does not exist yet is shown empty but not created."""
         state = self._rooms.get(name)
         if state is None:
-            state = self._rooms[name] = self._load(name)
+            state = self._load(name)
+            if state is None:
+                return _Room(name, self._new_epoch, 0)
+            self._rooms[name] = state
         return state
 
-    def _load(self, name: str) -> _Room:
+    def _room(self, name: str) -> _Room:
+        """The room, to change: created on its first change."""
+        state = self._rooms.get(name)
+        if state is None:
+            state = self._load(name)
+            if state is None:
+                state = _Room(name, self._new_epoch, 0)
+                self._submit(("r", name, state.epoch))
+            self._rooms[name] = state
+        return state
+
+    def _load(self, name: str) -> _Room | None:
         """A room's first use since start: its row, tail and read markers from the database."""
         db = self._db
         row = db.execute(
             "SELECT epoch, seq, owner, topic FROM rooms WHERE name = ?", (name,)
         ).fetchone()
         if row is None:
-            state = _Room(name, secrets.token_hex(6), 0)
-            self._submit(("r", name, state.epoch))
-            return state
+            return None
         state = _Room(name, row[0], row[1])
         state.owner, state.topic = row[2], row[3]
         if self._tail:
@@ -328,17 +396,19 @@ class SQLiteStore(Store):
         return state
 
     def _held(self, to: str) -> list[tuple[str, Event]]:
-        held = self._dms.get(to)
-        if held is None:
+        def load() -> list[tuple[str, Event]]:
             rows = self._db.execute(
                 "SELECT sender, event FROM dms WHERE recipient = ? ORDER BY id", (to,)
             )
-            held = self._dms[to] = [(sender, json.loads(event)) for sender, event in rows]
+            return [(sender, json.loads(event)) for sender, event in rows]
+
+        held = self._dms.get(to, load)
+        assert held is not None
         return held
 
     def _trimmed(self, name: str) -> _Room:
         """The room without the messages retention has deleted since they were loaded."""
-        state = self._room(name)
+        state = self._peek(name)
         self._trim_tail(state)
         floor = self._floors.get(name)
         if floor is not None and floor[0] == state.epoch:
@@ -354,22 +424,13 @@ class SQLiteStore(Store):
             kept.popleft()
 
     def _submit(self, op: Op) -> None:
-        """Queue a write; the batch goes to the writer when the current callback is done.
+        """Queue a write; the writer batches what arrives while it commits or sleeps."""
+        self._submitted += 1
+        self._queue.put(op)
 
-        Handing over after the callback, not at once, matters: the hub adds `cid` or `via` to
-        a message just after appending it, and the writer must see the finished event.
-        """
-        self._pending.append(op)
-        if len(self._pending) == 1:
-            try:
-                asyncio.get_running_loop().call_soon(self._handoff)
-            except RuntimeError:
-                self._handoff()
-
-    def _handoff(self) -> None:
-        if self._pending:
-            self._queue.put(self._pending)
-            self._pending = []
+    def _written_ops(self) -> int:
+        """How many of the submitted operations the writer is done with (committed or failed)."""
+        return self._written
 
     # -- the writer thread ----------------------------------------------------------------------
 
@@ -377,6 +438,7 @@ class SQLiteStore(Store):
         db = _connect(self._path)
         retaining = bool(self._retain_messages or self._retain_days)
         next_retention = time.monotonic() + self._retention_seconds
+        failing = False
         running = True
         while running:
             timeout = max(next_retention - time.monotonic(), 0.01) if retaining else None
@@ -385,18 +447,38 @@ class SQLiteStore(Store):
             except queue.Empty:
                 items = []
             ops, waiters, running = self._collect(items)
-            self._write(db, ops)
-            if retaining and time.monotonic() >= next_retention:
-                self._retain(db)
-                next_retention = time.monotonic() + self._retention_seconds
-            for waiter in waiters:
-                waiter.set()
-        db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', ?)", ("0" if self._lost else "1",))
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        db.close()
+            try:
+                self._write(db, ops)
+                if retaining and time.monotonic() >= next_retention:
+                    next_retention = time.monotonic() + self._retention_seconds
+                    self._retain(db)
+            except Exception:
+                # Once per outage: a full or read-only disk would fail every batch.
+                if not failing:
+                    log.exception("could not write to %s; changes are being lost", self._path)
+                failing = True
+                with contextlib.suppress(sqlite3.Error):
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+            else:
+                if failing and ops:
+                    log.warning("writing to %s works again", self._path)
+                    failing = False
+            finally:
+                self._written += len(ops)
+                for waiter in waiters:
+                    waiter.set()
+        try:
+            clean = "0" if self._lost else "1"
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', ?)", (clean,))
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            log.exception("could not mark %s as closed cleanly", self._path)
+        finally:
+            db.close()
 
     def _collect(
-        self, items: list[list[Op] | threading.Event | None]
+        self, items: list[Op | threading.Event | None]
     ) -> tuple[list[Op], list[threading.Event], bool]:
         """Gather what arrives within FLUSH_SECONDS of the first item into one batch.
 
@@ -413,7 +495,7 @@ class SQLiteStore(Store):
             if isinstance(item, threading.Event):
                 waiters.append(item)
                 return ops, waiters, True
-            ops += item
+            ops.append(item)
             if len(ops) >= FLUSH_MAX_OPS:
                 break
             if not slept:
@@ -442,11 +524,9 @@ class SQLiteStore(Store):
                     _write_op(db, op)
             batch.write(db)
             db.execute("COMMIT")
-        except sqlite3.Error:
-            log.exception("could not write %d changes to %s", len(ops), self._path)
+        except Exception:
             self._lost = True
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            raise
         for state, seq in batch.committed:
             state.committed = seq
 

@@ -99,6 +99,7 @@ async def test_kill_9_keeps_every_message_echoed_within_the_promise(
     echoed: dict[int, float] = {}
     texts: dict[int, str] = {}
     epochs: set[str] = set()
+    enough = asyncio.Event()
 
     async def stream(sender: int) -> None:
         """Closed loop: send, wait for the echo, note when it arrived."""
@@ -113,12 +114,14 @@ async def test_kill_9_keeps_every_message_echoed_within_the_promise(
                 event = await client.expect("message", text=text)
                 echoed[event["seq"]] = time.monotonic()
                 texts[event["seq"]] = text
+                if len(echoed) >= 1500:
+                    enough.set()
         except (websockets.ConnectionClosed, TimeoutError):
             return
 
     streams = [asyncio.create_task(stream(sender)) for sender in range(4)]
-    while len(echoed) < 1500:
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(30):
+        await enough.wait()
     killed_at = time.monotonic()
     relay.stop(signal.SIGKILL)
     await asyncio.gather(*streams)

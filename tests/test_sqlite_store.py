@@ -1,14 +1,17 @@
-"""SQLiteStore on a temporary file: the Store contract, reopening, retention."""
+"""SQLiteStore on a temporary file: the Store contract, reopening, retention, failed writes."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import threading
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from relay.sqlite_store import SQLiteStore
+from relay.sqlite_store import CACHE_ENTRIES, SQLiteStore
 from relay.store import MemoryStore, Store
 
 
@@ -45,6 +48,19 @@ def stores(db: Path) -> Iterator[list[SQLiteStore]]:
     for store in opened:
         if store._writer.is_alive():
             store.close()
+
+
+def flushed(store: SQLiteStore) -> bool:
+    """flush() from a thread, so a dead writer fails the test instead of hanging it."""
+    thread = threading.Thread(target=store.flush, daemon=True)
+    thread.start()
+    thread.join(5)
+    return not thread.is_alive()
+
+
+def clean_mark(db: Path) -> str:
+    with closing(sqlite3.connect(db)) as raw:
+        return raw.execute("SELECT value FROM meta WHERE key = 'clean'").fetchone()[0]
 
 
 def open_store(stores: list[SQLiteStore], db: Path, **kwargs: object) -> SQLiteStore:
@@ -88,6 +104,7 @@ def test_reopen_keeps_epoch_seq_messages_identities(db: Path, stores: list) -> N
     fill(store, "r", 12)
     epoch = store.room("r")[0]
     empty_epoch = store.room("quiet")[0]
+    store.set_topic("quiet", "shh")
     store.set_identity_name("subj", "alice")
     store.set_identity_name("subj", "alice2")
     store.set_owner("r", "subj")
@@ -111,14 +128,68 @@ def test_reopen_keeps_epoch_seq_messages_identities(db: Path, stores: list) -> N
     assert store.room("r") == (epoch, 13)
 
 
-def test_message_fields_added_after_append_are_stored(db: Path, stores: list) -> None:
+def test_rooms_and_names_only_looked_up_are_not_kept(db: Path, stores: list) -> None:
     store = open_store(stores, db)
-    first = message("r", 1)
-    store.append("r", first)
-    first["cid"] = "c1"
+    for i in range(50):
+        assert store.room(f"room{i}")[1] == 0
+        assert store.before(f"room{i}", None, 10) == []
+        assert (store.owner(f"room{i}"), store.read_marker(f"room{i}", "s")) == (None, 0)
+        assert store.subject_of(f"nobody{i}") is None
+        assert store.dm_consent("me", f"nobody{i}") is None
+    assert (len(store._rooms), len(store._subjects), len(store._consent)) == (0, 0, 0)
     store.close()
+    with closing(sqlite3.connect(db)) as raw:
+        assert raw.execute("SELECT count(*) FROM rooms").fetchone()[0] == 0
+
+
+def test_identity_caches_are_bounded_and_keep_uncommitted_entries(db: Path, stores: list) -> None:
     store = open_store(stores, db)
-    assert store.before("r", None, 1)[0]["cid"] == "c1"
+    count = CACHE_ENTRIES + 500
+    for i in range(count):
+        store.set_identity_name(f"s{i}", f"n{i}")
+        store.set_dm_consent(f"s{i}", "me", "pending", f"s{i}")
+    # Evicting these before the writer commits them would answer from a database without them.
+    assert all(store.subject_of(f"N{i}") == f"s{i}" for i in range(count))
+    assert all(store.identity_name(f"s{i}") == f"n{i}" for i in range(count))
+    assert all(store.dm_consent("me", f"s{i}") == ("pending", f"s{i}") for i in range(count))
+    store.flush()
+    store.set_identity_name("last", "last")
+    store.set_dm_consent("last", "me", "accepted", "me")
+    assert len(store._names) == len(store._subjects) == len(store._consent) == CACHE_ENTRIES
+    assert store.identity_name("s0") == "n0" and store.subject_of("n1") == "s1"
+    assert store.dm_consent("s2", "me") == ("pending", "s2")
+
+
+def test_failed_writes_keep_the_writer_and_the_uncommitted_tail(
+    db: Path, stores: list, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_store(stores, db, history_limit=2)
+    fill(store, "r", 2)
+    assert flushed(store)
+    with closing(sqlite3.connect(db)) as raw:
+        raw.execute("DROP TABLE messages")
+    for _ in range(2):
+        fill(store, "r", 2)
+        assert flushed(store), "flush() returns after a failed write"
+    assert store._writer.is_alive()
+    assert [m["seq"] for m in store._rooms["r"].messages] == [3, 4, 5, 6], "never committed"
+    assert seqs(store.before("r", None, 10)) == [5, 6]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, "one log entry per outage, not per batch"
+    store.close()
+    assert clean_mark(db) == "0"
+
+
+def test_unencodable_message_does_not_stop_the_writer(db: Path, stores: list) -> None:
+    store = open_store(stores, db)
+    store.append("r", message("r", 1) | {"bad": {1, 2}})
+    assert flushed(store)
+    assert store._writer.is_alive()
+    fill(store, "r", 2)
+    store.close()
+    assert clean_mark(db) == "0"
+    store = open_store(stores, db)
+    assert seqs(store.before("r", None, 10)) == [2, 3]
 
 
 def test_unclean_close_starts_a_new_epoch(db: Path, stores: list) -> None:
