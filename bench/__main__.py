@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import resource
 import signal
@@ -96,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
     ensure_extras()
     if args.report_only:
-        publish(args.report_only, {"command": command.strip(), "wall_min": 0.0, "reps": "?"})
+        sidecar = args.report_only.with_suffix(".meta.json")
+        meta = {"command": command.strip(), "wall_min": 0.0, "reps": "?"}
+        if sidecar.exists():
+            meta = json.loads(sidecar.read_text())
+        publish(args.report_only, meta)
         return 0
     if (os.cpu_count() or 1) < 2:
         print("[bench] warning: one CPU, relay and load generator will share it", flush=True)
@@ -132,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "reps": plan.reps,
         "skipped": runner.skipped,
     }
+    out.with_suffix(".meta.json").write_text(json.dumps(meta))
     publish(out, meta)
     return 0
 

@@ -131,10 +131,10 @@ class LoadGen:
         (relay0, lg0, all0), (relay1, lg1, all1) = samples["m0"], samples["m1"]
         samples["relay_cpu"] = _share(relay0, relay1, window)
         samples["loadgen_cpu"] = _share(lg0, lg1, window)
-        other = _share(all0, all1, window)
-        if other is not None:
-            other -= (samples["relay_cpu"] or 0) + (samples["loadgen_cpu"] or 0)
-            samples["other_cpu"] = round(max(0.0, other), 3)
+        other = _share(all0[0], all1[0], window) or 0.0
+        other -= (samples["relay_cpu"] or 0) + (samples["loadgen_cpu"] or 0)
+        samples["other_cpu"] = round(max(0.0, other), 3)
+        samples["irq_cpu"] = _share(all0[1], all1[1], window)
         samples["relay_rss_mb"] = (rss_kb(self.relay_pid) or 0) / 1024
         return results, samples
 

@@ -28,10 +28,14 @@ def rss_kb(pid: int) -> int | None:
     return None
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores spent busy so far: with the relay's and the load generator's
-    subtracted, what is left is other work on the machine (noise in the measurement)."""
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy outside interrupts, busy in irq/softirq) CPU seconds of all cores so far.
+
+    With the relay's and the load generator's time subtracted, the first is other work on
+    the machine (noise); the second is mostly the loopback TCP path of our own traffic, which
+    the kernel charges to no process.
+    """
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:9]]
-    idle = fields[3] + fields[4]
-    return (sum(fields) - idle) / _TICK
+    idle, irq = fields[3] + fields[4], fields[5] + fields[6]
+    return (sum(fields) - idle - irq) / _TICK, irq / _TICK

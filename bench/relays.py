@@ -8,6 +8,7 @@ needs `node` and is skipped without it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -107,9 +108,19 @@ class RunningRelay:
         self._state = tempfile.TemporaryDirectory(prefix="bench-relay-")
         log_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(log_dir / f"relay-{spec.name}.log", "ab")  # noqa: SIM115
-        argv = ["taskset", "-c", str(cpu), *spec.argv(self.port, self._state.name)]
+        argv = spec.argv(self.port, self._state.name)
+        preexec = None
+        if (os.cpu_count() or 1) > 1 and shutil.which("taskset"):
+            argv = ["taskset", "-c", str(cpu), *argv]
+        elif (os.cpu_count() or 1) > 1:  # no util-linux: the same affinity call, in the child
+
+            def preexec() -> None:
+                os.sched_setaffinity(0, {cpu})
+
         cwd = code if spec.ours else ROOT
-        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=self._log, stderr=self._log)
+        self.proc = subprocess.Popen(
+            argv, cwd=cwd, stdout=self._log, stderr=self._log, preexec_fn=preexec
+        )
         self.pid = self.proc.pid
         self._wait_listening()
 

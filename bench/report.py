@@ -64,6 +64,13 @@ def msgs(r: Record) -> float | None:
     return r.get("msgs_per_s")
 
 
+def cost(r: Record) -> float | None:
+    """Relay CPU microseconds per delivered message: robust to other load on the machine,
+    which steals time from the relay (lowering msgs/s) but not work per message."""
+    cpu, rate = r.get("relay_cpu"), r.get("msgs_per_s")
+    return cpu * 1e6 / rate if cpu and rate else None
+
+
 def p99(r: Record) -> float | None:
     return (r.get("latency_ms") or {}).get("p99")
 
@@ -179,6 +186,15 @@ def render(res: Results, meta: dict[str, Any], plot_name: str | None) -> str:
         f"interleaved in each; raw records in `{meta['results']}` (git-ignored).",
         "",
     ]
+    other = [r["other_cpu"] for r in res.records if r.get("other_cpu") is not None]
+    if other:
+        out += [
+            f"Other work on the machine during the measured windows (CPU not used by the relay "
+            f"or the load generator): median {statistics.median(other):.2f} cores, max "
+            f"{max(other):.2f}. Where that is high, msgs/s mostly shows how much CPU the relay "
+            f"got; µs/msg (CPU per delivered message) shows how much it needed.",
+            "",
+        ]
     if meta.get("skipped"):
         out += ["Skipped: " + "; ".join(meta["skipped"]) + ".", ""]
     out += ["### Targets (issue 4)", ""]
@@ -210,7 +226,8 @@ def _fanout(res: Results, ns: list[int]) -> list[str]:
             cpu = res.value(
                 lambda r: r.get("relay_cpu"), set="fanout", mode="max", n=n, label=label
             )
-            row.append(f"{_fmt(m)} ({_fmt(per, 1)}/frame, CPU {_fmt(cpu)})")
+            us = res.value(cost, set="fanout", mode="max", n=n, label=label)
+            row.append(f"{_fmt(m)} ({_fmt(per, 1)}/frame, CPU {_fmt(cpu)}, {_fmt(us)} µs/msg)")
         for n in ns:
             row.append(
                 f"{_fmt(res.value(p50, set='fanout', mode='fixed', n=n, label=label))} / "
@@ -223,7 +240,9 @@ def _fanout(res: Results, ns: list[int]) -> list[str]:
     out += _table(head, rows)
     out += [
         "",
-        "Max = closed loop, each sender keeps 2 messages in flight. chat.v1 counts messages "
+        "Max = closed loop, each sender keeps 2 messages in flight. µs/msg = relay CPU per "
+        "delivered message (less sensitive to other load on the machine than msgs/s). "
+        "chat.v1 counts messages "
         "(several per frame), plain counts frames (one message each). CPU = relay process, "
         "share of one core. Fill = time from the first connect until every member has seen "
         "every later member's join.",
@@ -248,8 +267,10 @@ def _fanout(res: Results, ns: list[int]) -> list[str]:
             row = [f"{a} / {b}"]
             row += [_ratio_text(res.ratio(msgs, a, b, set="fanout", mode="max", n=n)) for n in ns]
             row += [_ratio_text(res.ratio(p99, a, b, set="fanout", mode="fixed", n=n)) for n in ns]
+            row += [_ratio_text(res.ratio(cost, b, a, set="fanout", mode="max", n=n)) for n in ns]
             rows.append(row)
     head = ["pair"] + [f"max msgs/s N={n}" for n in ns] + [f"fixed-load p99 N={n}" for n in ns]
+    head += [f"CPU efficiency (b's µs/msg / a's) N={n}" for n in ns]
     out += _table(head, rows)
     return out
 

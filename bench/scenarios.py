@@ -90,6 +90,7 @@ def _rates(results: list[dict], sched: dict, samples: dict) -> dict:
         "loadgen_cpu": loadgen,
         "bottleneck": _bottleneck(relay, loadgen),
         "other_cpu": samples.get("other_cpu"),
+        "irq_cpu": samples.get("irq_cpu"),
         "relay_rss_mb": round(samples["relay_rss_mb"], 1),
     }
 
