@@ -68,8 +68,15 @@ class Connection(Client):
         if self._closing is not None:
             return
         self._closing = (code, reason)
-        if flush:
-            self._wake_writer()
+        if not flush:
+            self._close_now()
+            return
+        self._wake_writer()
+        # A peer that does not take what is queued within the timeout loses it.
+        asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._close_now)
+
+    def _close_now(self) -> None:
+        if self._writer.done():
             return
         self._queue.clear()
         self._writer.cancel()

@@ -301,7 +301,7 @@ class Hub:
     # -- frames from clients ------------------------------------------------------------------
 
     def receive(self, client: Client, text: str) -> None:
-        """Handle one text frame from a client."""
+        """Handle one text frame: every hub state change starts here, so none interleave."""
         if client.room is None:
             return
         if not client.json:
@@ -315,7 +315,8 @@ class Hub:
         kind = request.get("type") if isinstance(request, dict) else None
         # Read markers are exempt: a client sends them on its own, they fan out only when the
         # marker moves, and a refused one would look like a refusal of the user's last message.
-        if kind != "read" and not self._admit(client):
+        exempt = kind == "read" and _is_int(request.get("seq"))
+        if not exempt and not self._admit(client):
             return
         if not isinstance(request, dict):
             self._error(client, p.BAD_JSON, "frame must be a JSON object")
@@ -559,11 +560,18 @@ class Hub:
         if not _is_int(seq) or seq < 0:
             raise _BadRequest("'seq' must be a non-negative integer")
         seq = min(seq, self.store.room(room.name)[1])
-        if seq <= self.store.read_marker(room.name, user.subject):
+        old = self.store.read_marker(room.name, user.subject)
+        if seq <= old:
             return
         self.store.set_read_marker(room.name, user.subject, seq)
+        # Not the whole room: with everyone reporting markers that would cost N deliveries per
+        # reader. Who needs it: the reader's other devices (unread counts) and the authors of
+        # the messages the marker now covers ("seen by").
+        covered = self.store.after(room.name, old) or []
+        authors = {message["from"] for message in covered if message["seq"] <= seq}
+        told = {c for c in room.clients if c.user is user or c.user.name in authors}
         event = {"type": "read", "room": room.name, "name": user.name, "seq": seq}
-        self._fanout(room, Outgoing(event, None))
+        self._deliver_all(told, Outgoing(event, None))
 
     def _owns(self, client: Client) -> bool:
         """Whether the client's user owns its room; answers `error not_owner` when not."""
@@ -580,8 +588,8 @@ class Hub:
         if not self._owns(client) or not self._text_ok(client, topic, allow_empty=True):
             return
         self.store.set_topic(room.name, topic)
-        event = {"type": "topic", "room": room.name, "topic": topic, "by": user.name}
-        event["ts"] = p.now_rfc3339()
+        ts = p.now_rfc3339()
+        event = {"type": "topic", "room": room.name, "topic": topic, "by": user.name, "ts": ts}
         self._fanout(room, Outgoing(event, f"{user.name} :: set the topic: {topic}"))
 
     def _on_kick(self, client: Client, request: Event) -> None:
@@ -594,8 +602,8 @@ class Hub:
         if target is None or target not in room.users:
             self._error(client, p.NO_SUCH_USER, f"nobody called {name} is in this room")
             return
-        event = {"type": "kick", "room": room.name, "name": target.name, "by": user.name}
-        event["ts"] = p.now_rfc3339()
+        ts = p.now_rfc3339()
+        event = {"type": "kick", "room": room.name, "name": target.name, "by": user.name, "ts": ts}
         self._fanout(room, Outgoing(event, f"{target.name} :: was kicked by {user.name}"))
         for kicked in [c for c in target.clients if c.room is room]:
             self.leave(kicked)
@@ -669,7 +677,7 @@ class Hub:
 
     def _fanout(self, room: Room, event: Outgoing) -> None:
         behind = [client for client in room.clients if not client.deliver(event)]
-        self.metrics.messages_out += len(room.clients)
+        self.metrics.messages_out += len(room.clients) - len(behind)
         self._drop_slow(behind)
 
     def _deliver_all(self, clients: set[Client], event: Outgoing) -> None:

@@ -129,8 +129,7 @@ class MemoryStore(Store):
     def append(self, room: str, message: Event) -> None:
         log = self._log(room)
         log.seq = message["seq"]
-        if self._limit:
-            log.messages.append(message)
+        log.messages.append(message)
 
     def after(self, room: str, seq: int) -> list[Event] | None:
         log = self._log(room)

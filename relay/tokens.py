@@ -66,7 +66,11 @@ def load_secret(explicit: str | None, state_dir: Path) -> bytes:
         pass
     state_dir.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        # Another relay on the same state dir got there first: share its secret.
+        return path.read_bytes()
     with os.fdopen(fd, "wb") as file:
         file.write(secret)
     return secret

@@ -453,6 +453,31 @@ def test_read_markers_are_not_rate_limited() -> None:
     assert not alice.of("error")
 
 
+def test_read_marker_goes_to_own_devices_and_covered_authors() -> None:
+    hub = make_hub()
+    author = joined(hub)
+    bystander = joined(hub)
+    reader = joined(hub)
+    reader_phone = joined(hub, token=reader.events[0]["token"])
+    say(hub, author, "one")
+    say(hub, bystander, "two")
+    send(hub, reader, type="read", seq=1)
+    assert [e["seq"] for e in author.of("read")] == [1]
+    assert not bystander.of("read")
+    assert [e["seq"] for e in reader_phone.of("read")] == [1]
+    send(hub, reader, type="read", seq=2)
+    assert [e["seq"] for e in bystander.of("read")] == [2]
+    assert [e["seq"] for e in author.of("read")] == [1]
+
+
+def test_malformed_reads_are_rate_limited() -> None:
+    hub = make_hub(rate=1.0, burst=2)
+    alice = joined(hub)
+    for _ in range(3):
+        send(hub, alice, type="read", seq="x")
+    assert [e["code"] for e in alice.of("error")] == ["bad_request", "bad_request", "rate_limited"]
+
+
 def test_sustained_flood_closes_only_the_flooder() -> None:
     clock = FakeClock()
     hub = make_hub(clock, rate=1.0, burst=2, flood_strikes=5)

@@ -75,7 +75,7 @@ async def test_seen_by_names_who_read_your_latest_message(relay, room):
 
         # Bob read only up to the message before yours: he has not seen it.
         await bob.send(type="read", seq=earlier["seq"])
-        await carol.expect("read", name=bob_name)
+        await bob.expect("read", name=bob_name)
         await carol.send(type="read", seq=mine["seq"])
         await until(pilot, lambda: seen_line(app, room) == f"✓ seen by {carol_name}")
         await bob.send(type="read", seq=mine["seq"])
@@ -93,22 +93,25 @@ async def test_seen_by_names_who_read_your_latest_message(relay, room):
 async def test_plain_mode_prints_read_events_as_system_lines(relay, room, tmp_path):
     watcher = await JsonClient.connect(relay.url(room))
     name = watcher.welcome["you"]
+    await watcher.expect("join", name=name)
     results = []
     for events in (["--events"], []):
-        await watcher.send(type="say", text="before")
-        before = await watcher.expect("message", text="before")
-        args = ["--plain", "connect", room, "--count", "1", *events, *server(relay)]
-        task = asyncio.create_task(run_async(args, env_dir=tmp_path / str(len(results))))
+        args = ["--plain", "connect", room, "--count", "2", *events, *server(relay)]
+        env_dir = tmp_path / str(len(results))
+        task = asyncio.create_task(run_async(args, stdin="mine\n", env_dir=env_dir))
         joined = await watcher.expect("join", timeout=15)
-        await watcher.send(type="read", seq=before["seq"])
+        mine = await watcher.expect("message", text="mine", timeout=15)
+        # The plain client wrote the message this marker covers, so the relay tells it.
+        await watcher.send(type="read", seq=mine["seq"])
         await watcher.send(type="say", text="done")
         result = await task
         assert result.returncode == 0, result.stderr
-        results.append((result, f"* {name} read up to seq {before['seq']}"))
+        expected = [f"{joined['name']} :: mine", f"{name} :: done"]
+        results.append((result, f"* {name} read up to seq {mine['seq']}", expected))
         await watcher.expect("leave", name=joined["name"], timeout=15)
-    (with_events, first_line), (without, second_line) = results
+    (with_events, first_line, _), (without, second_line, expected) = results
     assert first_line in with_events.stdout.splitlines()
-    assert without.stdout.splitlines() == [f"{name} :: done"]
+    assert without.stdout.splitlines() == expected
     assert second_line in without.stderr.splitlines()
     await watcher.close()
 
