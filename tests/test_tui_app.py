@@ -334,3 +334,22 @@ async def test_help_rooms_who_and_clear(relay, room):
         await until(pa, lambda: has_line(a, room, f"members of #{room}: {a.identity.name}"))
         await type_line(pa, "/clear")
         assert lines(a, room) == []
+
+
+async def test_a_kicked_room_says_not_connected_instead_of_queueing(relay, room):
+    owner = await JsonClient.connect(relay.url(room))
+    app = make_app(relay, [room])
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: connected(app, room), what="connect")
+        await owner.send(type="kick", name=app.identity.name)
+        await until(pilot, lambda: room not in app.screen.links, what="link dropped")
+        assert has_line(app, room, "kicked by the room owner")
+        for line in ("/who", "/topic mine now", "still here?"):
+            await type_line(pilot, line)
+        await until(
+            pilot,
+            lambda: sum(f"not connected to #{room}" in x for x in lines(app, room)) == 3,
+            what="three local refusals",
+        )
+        assert "offline" in str(app.screen.query_one(StatusBar).render())
+    await owner.close()

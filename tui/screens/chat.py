@@ -139,6 +139,12 @@ class ChatScreen(Screen[None]):
             await link.run()
         except LinkFailed as failed:
             pane.chat_log.write(self.formatter.error(str(failed)))
+            if self.links.get(link.room) is link:
+                # Kicked, closed or refused: nothing sent to this link would ever go out.
+                del self.links[link.room]
+                self.link_workers.pop(link.room, None)
+                self.statuses[link.room] = Status(link.room, State.OFFLINE, detail=str(failed))
+                self._show_status()
 
     def close_pane(self, pane: RoomPane) -> None:
         key = pane.key
@@ -536,9 +542,9 @@ class ChatScreen(Screen[None]):
         self.say(pane, literal(line))
 
     def say(self, pane: RoomPane, text: str) -> None:
-        link = self._link_for(pane)
+        link = self._link_for(pane) if pane.is_dm else self.links.get(pane.key)
         if link is None:
-            self._local(pane, self.formatter.error("not connected to any room"))
+            self._local(pane, self.formatter.error(self._not_connected(pane)))
             return
         limit = link.max_message_bytes
         if limit is not None and len(text.encode()) > limit:
@@ -552,10 +558,25 @@ class ChatScreen(Screen[None]):
             self._local(pane, self.formatter.info(f"queued until reconnected: {text}"))
 
     def _link_for(self, pane: RoomPane | None) -> RoomLink | None:
+        """For requests any room can carry (DMs, nick): this tab's link, else a connected one."""
         if pane is not None and pane.key in self.links:
             return self.links[pane.key]
         connected = [link for link in self.links.values() if link.connected]
         return (connected or list(self.links.values()) or [None])[0]
+
+    def _room_link(self, pane: RoomPane | None, command: str) -> RoomLink:
+        if pane is None or pane.is_dm:
+            raise CommandError(f"/{command} works in a room tab")
+        link = self.links.get(pane.key)
+        if link is None:
+            raise CommandError(self._not_connected(pane))
+        return link
+
+    @staticmethod
+    def _not_connected(pane: RoomPane | None) -> str:
+        if pane is None or pane.is_dm:
+            return "not connected to any room"
+        return f"not connected to #{pane.key} (/join it to reconnect)"
 
     def _local(self, pane: RoomPane | None, text: Text) -> None:
         if pane is not None:
@@ -582,6 +603,8 @@ class ChatScreen(Screen[None]):
             link = self._link_for(pane)
             if link is None:
                 raise CommandError("not connected to any room")
+            if arg == self.me:
+                raise CommandError(f"you are already {arg}")
             link.send({"type": "nick", "name": arg})
         elif name == "msg":
             who, text = command.split()
@@ -594,13 +617,9 @@ class ChatScreen(Screen[None]):
                 raise CommandError(f"usage: /{name} NAME (or use it in the DM tab)")
             link.send({"type": f"dm_{name}", "from": who})
         elif name == "topic":
-            if pane is None or pane.is_dm:
-                raise CommandError("/topic works in a room tab")
-            self.links[pane.key].send({"type": "topic", "text": arg})
+            self._room_link(pane, name).send({"type": "topic", "text": arg})
         elif name == "who":
-            if pane is None or pane.is_dm:
-                raise CommandError("/who works in a room tab")
-            self.links[pane.key].send({"type": "who"})
+            self._room_link(pane, name).send({"type": "who"})
         elif name == "rooms":
             self._list_rooms(pane)
         elif name == "clear":
