@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -32,25 +33,28 @@ class RelayProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         command = [sys.executable, "-m", "relay", "serve", "--port", str(port)]
         command += ["--state-dir", str(state_dir), "--log-level", "warning", *args]
-        self.proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
-        )
+        state_dir.mkdir(parents=True, exist_ok=True)
+        # stderr goes to a file: a pipe nobody reads would block a relay that logs a lot.
+        self.stderr_path = state_dir / f"relay-{time.monotonic_ns()}.stderr"
+        with self.stderr_path.open("wb") as stderr:
+            self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=env)
         self.port = self._read_port()
         self.http = f"http://127.0.0.1:{self.port}"
 
     def _read_port(self) -> int:
         assert self.proc.stdout is not None
         deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([self.proc.stdout], [], [], left)
+            line = self.proc.stdout.readline() if ready else b""
             if not line:
                 break
             found = _URL.search(line)
             if found:
                 return int(found.group(2))
         self.proc.kill()
-        stderr = self.proc.stderr.read().decode() if self.proc.stderr else ""
-        raise RuntimeError(f"relay did not start: {stderr}")
+        self.proc.wait()
+        raise RuntimeError(f"relay did not start: {self.stderr_text()}")
 
     def url(self, room: str, query: str = "") -> str:
         return f"ws://127.0.0.1:{self.port}/chat/{room}" + (f"?{query}" if query else "")
@@ -66,7 +70,7 @@ class RelayProcess:
             raise
 
     def stderr_text(self) -> str:
-        return self.proc.stderr.read().decode() if self.proc.stderr else ""
+        return self.stderr_path.read_text(errors="replace")
 
 
 class JsonClient:

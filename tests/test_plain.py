@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import websockets
 
-from tests.relayproc import JsonClient, RelayProcess
+from tests.relayproc import JsonClient, RelayProcess, eventually
 
 
 async def recv(ws: websockets.ClientConnection, timeout: float = 5.0) -> str:
@@ -62,12 +62,12 @@ async def test_empty_room_leaves_listing(relay: RelayProcess, room: str) -> None
             listing = (await http.get("/rooms")).json()["rooms"]
             entry = next(entry for entry in listing if entry["room"] == room)
             assert (entry["members"], entry["connections"]) == (1, 1)
-        for _ in range(100):
+
+        async def gone() -> bool | None:
             listing = (await http.get("/rooms")).json()["rooms"]
-            if all(entry["room"] != room for entry in listing):
-                break
-            await asyncio.sleep(0.05)
-        assert all(entry["room"] != room for entry in listing)
+            return True if all(entry["room"] != room for entry in listing) else None
+
+        assert await eventually(gone)
 
 
 async def test_plain_sees_json_messages_and_renames(relay: RelayProcess, room: str) -> None:
