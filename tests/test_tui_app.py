@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import httpx
@@ -298,6 +297,17 @@ async def test_multi_line_paste_asks_before_sending(relay, room):
         assert has_line(a, room, "line one")
 
 
+async def page_up_to_the_top(pilot, app, room) -> None:
+    """Page Up scrolls until the top; one more asks the relay for the page before it."""
+    log = app.screen.panes[room].chat_log
+    for _ in range(10):
+        if log.at_top:
+            break
+        await pilot.press("pageup")
+    assert log.at_top
+    await pilot.press("pageup")
+
+
 async def test_page_up_at_the_top_fetches_older_history(relay, room):
     async with httpx.AsyncClient() as http:
         for n in range(1, 81):
@@ -308,14 +318,22 @@ async def test_page_up_at_the_top_fetches_older_history(relay, room):
     async with a.run_test(size=SIZE) as pa:
         await until(pa, lambda: connected(a, room) and has_line(a, room, "old 80"))
         assert not has_line(a, room, "old 60 ")
-        for _ in range(20):
-            await pa.press("pageup")
-            if has_line(a, room, "beginning of history"):
-                break
-            await asyncio.sleep(0)
+        await page_up_to_the_top(pa, a, room)
         await until(pa, lambda: has_line(a, room, "beginning of history"), what="history")
         texts = [line.split("poster ", 1)[1] for line in lines(a, room) if "poster " in line]
         assert texts == [f"old {n}" for n in range(1, 81)]
+    # A full log keeps only the newest part of a page and asks again from there, not past it.
+    full = make_app(relay, [room])
+    full.config.backlog, full.config.max_lines = 20, 30
+    async with full.run_test(size=SIZE) as pf:
+        await until(pf, lambda: connected(full, room) and has_line(full, room, "old 80"))
+        await page_up_to_the_top(pf, full, room)
+        pane = full.screen.panes[room]
+        await until(pf, lambda: pane.oldest_seq != 61, what="part of the page")
+        shown = [line.split("poster ", 1)[1] for line in lines(full, room) if "poster " in line]
+        assert 1 < pane.oldest_seq < 61
+        assert shown[0] == f"old {pane.oldest_seq}"
+        assert not pane.history_done
 
 
 async def test_help_rooms_who_and_clear(relay, room):

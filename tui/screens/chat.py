@@ -453,30 +453,28 @@ class ChatScreen(Screen[None]):
         self._show_members()
 
     def _history(self, pane: RoomPane, event: Event) -> None:
-        messages = [m for m in event.get("messages", []) if isinstance(m, dict)]
         fmt, clock = self.formatter, self.chat.clock
+        older = [
+            message
+            for message in event.get("messages", [])
+            if isinstance(message, dict)
+            and isinstance(message.get("seq"), int)
+            and (pane.oldest_seq is None or message["seq"] < pane.oldest_seq)
+        ]
         texts: list[Text] = []
-        for message in messages:
-            if pane.oldest_seq is not None and message.get("seq", 0) >= pane.oldest_seq:
-                continue
-            sender = str(message.get("from", "?"))
+        for message in older:
+            sender, text = str(message.get("from", "?")), str(message.get("text", ""))
             own = sender == self.me
-            texts.append(
-                fmt.message(
-                    clock.local(message.get("ts")),
-                    sender,
-                    str(message.get("text", "")),
-                    own=own,
-                    mention=not own and mentions(str(message.get("text", "")), self.me),
-                )
-            )
-        seqs = [m["seq"] for m in messages if isinstance(m.get("seq"), int)]
-        if seqs:
-            pane.oldest_seq = min(seqs + ([pane.oldest_seq] if pane.oldest_seq else []))
-        if not texts or pane.oldest_seq == 1:
+            mention = not own and mentions(text, self.me)
+            moment = clock.local(message.get("ts"))
+            texts.append(fmt.message(moment, sender, text, own=own, mention=mention))
+        added = pane.chat_log.prepend(texts)
+        if added:
+            # A full log keeps only the newest part of the page: ask again from there.
+            pane.oldest_seq = min(m["seq"] for m in older[len(older) - added :])
+        if not older or (added == len(older) and pane.oldest_seq == 1):
             pane.history_done = True
-            texts.insert(0, fmt.info("── beginning of history ──"))
-        pane.chat_log.prepend(texts)
+            pane.chat_log.prepend([fmt.info("── beginning of history ──")])
 
     def _error(self, pane: RoomPane, event: Event) -> None:
         code, detail = str(event.get("code", "error")), str(event.get("detail", ""))

@@ -90,18 +90,23 @@ class ChatLog(ScrollView, can_focus=True):
                 self.scroll_to(y=max(0, self.scroll_y - removed), animate=False, immediate=True)
             self._set_unseen(self.unseen + 1)
 
-    def prepend(self, texts: list[Text]) -> None:
-        """Older history arrived: put it on top and keep the view where it was."""
-        if not texts:
-            return
+    def prepend(self, texts: list[Text]) -> int:
+        """Older history arrived: put it on top and keep the view where it was.
+
+        A full log keeps only the newest of `texts`; the count added tells the caller how far
+        back the log really reaches.
+        """
         room = max(0, self.max_lines - len(self._entries))
-        added = [_Entry(text, None) for text in texts[-room:]] if room else []
+        added = [_Entry(text, None) for text in texts[-room:]] if room and texts else []
+        if not added:
+            return 0
         self._entries.extendleft(reversed(added))
         before = len(self._strips) - self._offset
         self._rebuild()
         self.scroll_to(
             y=self.scroll_y + (len(self._strips) - before), animate=False, immediate=True
         )
+        return len(added)
 
     def remove_tag(self, tag: str) -> None:
         if self.has_tag(tag):
