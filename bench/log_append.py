@@ -42,7 +42,7 @@ def line(formatter: LineFormatter, moment: datetime, n: int) -> Text:
     return formatter.message(moment, NAMES[n % len(NAMES)], text, own=n % 7 == 0, mention=False)
 
 
-async def measure(make: type[ChatLog] | type[RichLog], total: int, bound: int | None) -> float:
+async def measure(make: type[ChatLog] | type[RichLog], total: int, bound: int) -> float:
     """Median microseconds per append over the last TAIL appends of `total` (median: the
     machine is shared, and a few preempted samples should not decide the figure)."""
     widget = make(max_lines=bound)

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from shared.protocol import room_error
 from shared.sanitize import one_line
@@ -108,7 +109,7 @@ async def _rooms(config: Config) -> int:
     except ApiError as error:
         _fail(str(error), EXIT_FAILED)
     for room in rooms:
-        print(f"{one_line(str(room.get('room')))}\t{room.get('members')}")
+        print(f"{one_line(str(room.get('room')))}\t{one_line(str(room.get('members')))}")
     return EXIT_OK
 
 
@@ -117,10 +118,10 @@ async def _send(config: Config, room: str, sender: str, text: str) -> int:
         message = await post_message(config.http_base, room, sender, text)
     except ApiError as error:
         _fail(str(error), EXIT_FAILED)
-    print(f"sent #{one_line(room)} seq {message.get('seq')}")
+    print(f"sent #{one_line(room)} seq {one_line(str(message.get('seq')))}")
     return EXIT_OK
 
 
-def _fail(message: str, code: int) -> None:
-    print(f"chat-tui: {one_line(message)}", file=sys.stderr)
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"chat-tui: {one_line(message)}", file=sys.stderr, flush=True)
     sys.exit(code)

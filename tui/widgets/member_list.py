@@ -22,12 +22,13 @@ class MemberList(OptionList):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.names: list[str] = []
+        self._me: str | None = None
         self.border_title = "Members"
 
     def show(self, names: list[str], me: str | None, dark: bool, title: str = "Members") -> None:
         ordered = sorted(set(names), key=str.casefold)
         self.border_title = f"{title} ({len(ordered)})"
-        if ordered == self.names and me == getattr(self, "_me", None):
+        if ordered == self.names and me == self._me:
             return
         self.names = ordered
         self._me = me

@@ -23,10 +23,10 @@ class RoomPane(TabPane):
     def __init__(self, key: str, pane_id: str, max_lines: int) -> None:
         self.key = key
         self.is_dm = key.startswith("@")
-        super().__init__(Content.from_rich_text(self.title_text()), id=pane_id)
-        self.members: set[str] = set()
         self.unread = 0
         self.mentioned = False
+        super().__init__(Content.from_rich_text(self.title_text()), id=pane_id)
+        self.members: set[str] = set()
         self.last_day: date | None = None
         self.oldest_seq: int | None = None
         self.history_done = False
@@ -47,10 +47,9 @@ class RoomPane(TabPane):
     def title_text(self) -> Text:
         """The tab label: name, unread count, and a mark for mentions; never markup."""
         label = Text(one_line(self.key if self.is_dm else f"#{self.key}"))
-        unread = getattr(self, "unread", 0)
-        if unread:
-            label.append(f" {unread}", style="bold")
-        if getattr(self, "mentioned", False):
+        if self.unread:
+            label.append(f" {self.unread}", style="bold")
+        if self.mentioned:
             label.append(" @", style="bold red")
         return label
 
