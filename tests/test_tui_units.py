@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import UTC, datetime
 
 import pytest
 from rich.text import Text
 from textual.app import App, ComposeResult
+from websockets.asyncio.server import serve
+from websockets.typing import Subprotocol
 
+from shared.protocol import SUBPROTOCOL
 from tui.commands import CommandError, parse
 from tui.completion import Completer
 from tui.config import Config, ConfigError
-from tui.connection import Backoff
+from tui.connection import Backoff, Identity, RoomLink
 from tui.lines import LineFormatter, mentions, name_color
 from tui.state import InputHistory, TokenStore
 from tui.widgets.chat_log import ChatLog
@@ -156,3 +160,34 @@ async def test_chat_log_rewraps_on_resize():
         await pilot.resize_terminal(100, 10)
         await pilot.pause()
         assert log.virtual_size.height < narrow
+
+
+async def test_link_survives_frames_that_are_not_events():
+    """A relay that sends junk (not JSON, not an object, a bad replay count) must not kill the
+    link: the junk is skipped and the next event still arrives."""
+
+    async def junk_relay(ws) -> None:
+        await ws.send("not json")
+        await ws.send('[1]\n"text"\n{"type":"welcome","you":"me","token":"t","replay":"x"}')
+        await ws.send('{"type":"message","id":"m1","seq":1,"from":"bob","text":"still alive"}')
+        await ws.wait_closed()
+
+    arrived = asyncio.Event()
+    received = []
+
+    def sink(event) -> None:
+        received.append(event)
+        if event.get("type") == "message":
+            arrived.set()
+
+    async with serve(junk_relay, "127.0.0.1", 0, subprotocols=[Subprotocol(SUBPROTOCOL)]) as srv:
+        port = srv.sockets[0].getsockname()[1]
+        link = RoomLink(f"ws://127.0.0.1:{port}", "r", Identity(None, lambda _: None), sink, repr)
+        task = asyncio.create_task(link.run())
+        try:
+            await asyncio.wait_for(arrived.wait(), timeout=5)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert [e["type"] for e in received] == ["welcome", "message"]
+    assert link.last_seq == 1
