@@ -18,22 +18,22 @@ from relay.core import Client, Outgoing
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 CLOSE_TIMEOUT = 10.0
+# The close frame waits behind what the kernel still holds for the peer; a reader that paused
+# and resumes within this time still learns why it was dropped.
+CLOSE_FRAME_TIMEOUT = 30.0
 # A batch frame stays well under the 1 MiB frame limit clients commonly keep (websockets'
 # default), even at 4 UTF-8 bytes per character; a large replay goes out as several frames.
 BATCH_CHARS = 128 * 1024
 
 
 class Connection(Client):
-    __slots__ = (
-        "_base_limit",
-        "_closing",
-        "_limit",
-        "_queue",
-        "_queued",
-        "_send",
-        "_wake",
-        "_writer",
-    )
+    """The writer task exists only while there is something to send.
+
+    An idle connection (most of them, most of the time) then costs no task and no coroutine
+    frame, and starting a writer for a burst costs about what waking a parked one would.
+    """
+
+    __slots__ = ("_base_limit", "_closing", "_limit", "_queue", "_queued", "_send", "_writer")
 
     def __init__(self, send: Send, json: bool, queue_limit: int) -> None:
         super().__init__(json)
@@ -41,9 +41,8 @@ class Connection(Client):
         self._base_limit = self._limit = queue_limit
         self._queue: deque[str] = deque()
         self._queued = 0
-        self._wake: asyncio.Future[None] | None = None
         self._closing: tuple[int, str] | None = None
-        self._writer = asyncio.get_running_loop().create_task(self._write())
+        self._writer: asyncio.Task[None] | None = None
 
     def deliver(self, event: Outgoing) -> bool:
         if self._closing is not None:
@@ -55,8 +54,8 @@ class Connection(Client):
         if self._queued > self._limit:
             return False
         self._queue.append(line)
-        if self._wake is not None:
-            self._wake_writer()
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
         return True
 
     def preload(self, events: list[Outgoing]) -> None:
@@ -71,33 +70,22 @@ class Connection(Client):
         if not flush:
             self._close_now()
             return
-        self._wake_writer()
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
         # A peer that does not take what is queued within the timeout loses it.
         asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._close_now)
 
     def _close_now(self) -> None:
-        if self._writer.done():
+        if self._writer is not None and self._writer.done():
             return
         self._queue.clear()
-        self._writer.cancel()
+        if self._writer is not None:
+            self._writer.cancel()
         self._writer = asyncio.get_running_loop().create_task(self._send_close())
 
-    def _wake_writer(self) -> None:
-        wake = self._wake
-        if wake is not None:
-            self._wake = None
-            wake.set_result(None)
-
     async def _write(self) -> None:
-        queue, send, loop = self._queue, self._send, asyncio.get_running_loop()
-        while True:
-            if not queue:
-                self._limit = self._base_limit
-                if self._closing is not None:
-                    break
-                self._wake = loop.create_future()
-                await self._wake
-                continue
+        queue, send = self._queue, self._send
+        while queue:
             if self.json and len(queue) > 1 and self._queued <= BATCH_CHARS:
                 text = "\n".join(queue)
                 self._queued -= len(text) - len(queue) + 1
@@ -108,7 +96,11 @@ class Connection(Client):
                 text = queue.popleft()
                 self._queued -= len(text)
             await send({"type": "websocket.send", "text": text})
-        await self._send_close()
+        self._limit = self._base_limit
+        if self._closing is not None:
+            await self._send_close()
+        else:
+            self._writer = None
 
     def _take_batch(self) -> str:
         """The oldest queued events that fit in one frame of at most BATCH_CHARS."""
@@ -125,13 +117,16 @@ class Connection(Client):
         assert self._closing is not None
         code, reason = self._closing
         message = {"type": "websocket.close", "code": code, "reason": reason}
-        await asyncio.wait_for(self._send(message), CLOSE_TIMEOUT)
+        await asyncio.wait_for(self._send(message), CLOSE_FRAME_TIMEOUT)
 
     async def finish(self) -> None:
         """After the peer is gone: stop writing. After a close we started: let it complete."""
+        writer = self._writer
+        if writer is None:
+            return
         if self._closing is None:
-            self._writer.cancel()
-        await asyncio.wait({self._writer})
-        if not self._writer.cancelled():
+            writer.cancel()
+        await asyncio.wait({writer})
+        if not writer.cancelled():
             # Retrieve it: a peer that vanished mid-send, or a close that timed out, is routine.
-            self._writer.exception()
+            writer.exception()
