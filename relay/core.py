@@ -149,6 +149,7 @@ class Hub:
         self.clients: set[Client] = set()
         self._users: dict[str, User] = {}
         self._names: dict[str, User] = {}
+        self._answering: dict[str, str] = {}
         self._parked_cids: dict[str, tuple[float, dict[str, tuple[float, Event]]]] = {}
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(4)
@@ -325,10 +326,16 @@ class Hub:
         if handler is None:
             self._error(client, p.UNKNOWN_TYPE, f"unknown type {kind!r}"[:200])
             return
+        # Errors name the request they answer, so a client can tell which of several it was.
+        self._answering = {"request": kind}
+        if isinstance(request.get("cid"), str):
+            self._answering["cid"] = request["cid"]
         try:
             handler(self, client, request)
         except _BadRequest as bad:
             self._error(client, p.BAD_REQUEST, str(bad))
+        finally:
+            self._answering = {}
 
     def receive_binary(self, client: Client) -> None:
         if client.room is not None and self._admit(client):
@@ -696,7 +703,7 @@ class Hub:
 
     def _error(self, client: Client, code: str, detail: str) -> None:
         self.metrics.errors[code] += 1
-        event = {"type": "error", "code": code, "detail": detail}
+        event = {"type": "error", "code": code, "detail": detail, **self._answering}
         self._send(client, Outgoing(event, f"* error {code}: {detail}"))
 
     def _next_id(self) -> str:

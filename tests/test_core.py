@@ -442,6 +442,20 @@ def test_rate_limit_refills_with_time() -> None:
     assert alice.closed is None
 
 
+def test_errors_name_the_request_they_answer() -> None:
+    hub = make_hub()
+    alice = joined(hub)
+    send(hub, alice, type="say", text="", cid="c-7")
+    send(hub, alice, type="nick", name="no spaces")
+    send(hub, alice, type="bogus")
+    errors = alice.of("error")
+    assert [(e["code"], e.get("request"), e.get("cid")) for e in errors] == [
+        ("empty", "say", "c-7"),
+        ("bad_name", "nick", None),
+        ("unknown_type", None, None),
+    ]
+
+
 def test_read_markers_are_not_rate_limited() -> None:
     hub = make_hub(rate=1.0, burst=2)
     alice = joined(hub)
