@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     meta = {
         "command": command.strip(),
+        "date": time.strftime(
+            "%Y-%m-%d %H:%M", time.localtime(time.time() - (time.monotonic() - started))
+        ),
         "code": _git_state(),
         "wall_min": (time.monotonic() - started) / 60,
         "reps": plan.reps,
@@ -171,7 +174,7 @@ def publish(results: Path, meta: dict) -> None:
     drawn = plot(res, PLOT)
     meta = {
         **meta,
-        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "date": meta.get("date") or time.strftime("%Y-%m-%d %H:%M"),
         "machine": machine(),
         "results": str(results.relative_to(ROOT)) if results.is_relative_to(ROOT) else results,
     }
