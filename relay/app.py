@@ -10,12 +10,13 @@ from starlette.applications import Starlette
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, Router, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from relay.connection import Connection
 from relay.core import Hub, PostError
+from relay.direct import Flusher
 from shared import protocol as p
 
 _POST_STATUS = {p.NAME_TAKEN: 409, p.TOO_LARGE: 413}
@@ -30,6 +31,7 @@ class ChatEndpoint:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        self.flusher = Flusher()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
@@ -45,7 +47,8 @@ class ChatEndpoint:
         if problem is not None:
             await websocket.close(p.CLOSE_POLICY, problem)
             return
-        connection = Connection(send, json_mode, self.hub.limits.send_queue_bytes)
+        limit = self.hub.limits.send_queue_bytes
+        connection = Connection(send, json_mode, limit, self.flusher)
         try:
             self.hub.join(connection, room, **params)
             while True:
@@ -73,7 +76,7 @@ def _join_params(websocket: WebSocket, history: int) -> dict[str, Any]:
     }
 
 
-def create_app(hub: Hub) -> Starlette:
+def create_app(hub: Hub) -> Router:
     async def healthz(request: Request) -> Response:
         return JSONResponse(
             {"status": "ok", "connections": len(hub.clients), "rooms": len(hub.rooms)}
@@ -129,15 +132,17 @@ def create_app(hub: Hub) -> Starlette:
         body = hub.metrics.render(len(hub.clients), len(hub.rooms), hub.user_count())
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
 
-    return Starlette(
+    api = Starlette(
         routes=[
-            WebSocketRoute("/chat/{room}", ChatEndpoint(hub)),
             Route("/healthz", healthz),
             Route("/rooms", rooms),
             Route("/rooms/{room}/messages", messages, methods=["GET", "POST"]),
             Route("/metrics", metrics),
         ]
     )
+    # The chat endpoint sits on a bare router, outside Starlette's exception middleware, so
+    # the `send` it gets is the server's own (see relay/direct.py); HTTP keeps the middleware.
+    return Router(routes=[WebSocketRoute("/chat/{room}", ChatEndpoint(hub)), Mount("/", api)])
 
 
 def _count(query: QueryParams, field: str) -> int | None:

@@ -1,9 +1,12 @@
-"""A WebSocket connection's outgoing side: a bounded queue drained by one writer task.
+"""A WebSocket connection's outgoing side: a bounded queue, drained without blocking fan-out.
 
-Fan-out only appends to the queue, so one slow socket never holds up a room. The writer sends
-whatever piled up since its last send: in chat.v1 as one frame of newline-separated events
-(the per-frame cost dominates at high fan-out), in the plain protocol one frame per line.
-A queue that grows past its budget means the peer stopped reading; the hub then drops it.
+Fan-out only appends to the queue, so one slow socket never holds up a room. What piled up
+is sent together: in chat.v1 as one frame of newline-separated events (the per-frame cost
+dominates at high fan-out), in the plain protocol one frame per line. On uvicorn's sansio
+protocol the queue is written straight to the transport at the end of the loop pass
+(relay/direct.py); a writer task takes over only while the socket is backed up or closing,
+or on servers where every frame must be an ASGI send. A queue that grows past its budget
+means the peer stopped reading; the hub then drops it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from relay.core import Client, Outgoing
+from relay.direct import DirectSocket, Flusher, text_frame
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
@@ -27,19 +31,34 @@ BATCH_CHARS = 128 * 1024
 
 
 class Connection(Client):
-    """The writer task exists only while there is something to send.
+    """A writer task exists only while the queue cannot be written at once.
 
-    An idle connection (most of them, most of the time) then costs no task and no coroutine
-    frame, and starting a writer for a burst costs about what waking a parked one would.
+    An idle connection (most of them, most of the time) then costs no task and no coroutine.
     """
 
-    __slots__ = ("_base_limit", "_closing", "_limit", "_queue", "_queued", "_send", "_writer")
+    __slots__ = (
+        "_base_limit",
+        "_closing",
+        "_direct",
+        "_flusher",
+        "_limit",
+        "_marked",
+        "_queue",
+        "_queued",
+        "_send",
+        "_writer",
+    )
 
-    def __init__(self, send: Send, json: bool, queue_limit: int) -> None:
+    def __init__(self, send: Send, json: bool, queue_limit: int, flusher: Flusher) -> None:
         super().__init__(json)
         self._send = send
+        self._direct = DirectSocket.behind(send)
+        self._flusher = flusher
+        self._marked = False
         self._base_limit = self._limit = queue_limit
-        self._queue: deque[str] = deque()
+        # chat.v1: event lines (batched per send). Plain: ready frames on the direct path,
+        # else lines.
+        self._queue: deque[Any] = deque()
         self._queued = 0
         self._closing: tuple[int, str] | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -47,16 +66,38 @@ class Connection(Client):
     def deliver(self, event: Outgoing) -> bool:
         if self._closing is not None:
             return True
-        line = event.json if self.json else event.plain
-        if line is None:
+        if self.json:
+            item: str | bytes = event.json
+        elif event.plain is None:
             return True
-        self._queued += len(line)
+        elif self._direct is not None:
+            item = event.frame or _plain_frame(event)
+        else:
+            item = event.plain
+        self._queued += len(item)
         if self._queued > self._limit:
             return False
-        self._queue.append(line)
+        self._queue.append(item)
         if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._write())
+            if self._direct is None:
+                self._writer = asyncio.get_running_loop().create_task(self._write())
+            elif not self._marked:
+                self._marked = True
+                self._flusher.mark(self)
         return True
+
+    def flush(self) -> None:
+        """End of the loop pass: write the queue in one go, or leave it to a writer task."""
+        self._marked = False
+        direct = self._direct
+        if self._writer is not None or not self._queue or direct is None:
+            return
+        if direct.writable():
+            direct.write(self._take_all())
+        elif direct.gone():
+            self._drop_queue()
+        else:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
 
     def preload(self, events: list[Outgoing]) -> None:
         # The budget grows by the preload until the writer has sent it all (queue empty).
@@ -84,23 +125,54 @@ class Connection(Client):
         self._writer = asyncio.get_running_loop().create_task(self._send_close())
 
     async def _write(self) -> None:
-        queue, send = self._queue, self._send
+        queue, direct = self._queue, self._direct
         while queue:
-            if self.json and len(queue) > 1 and self._queued <= BATCH_CHARS:
-                text = "\n".join(queue)
-                self._queued -= len(text) - len(queue) + 1
-                queue.clear()
-            elif self.json and len(queue) > 1:
-                text = self._take_batch()
+            if direct is None:
+                await self._send({"type": "websocket.send", "text": self._take_one()})
+                continue
+            await direct.wait_writable()
+            if direct.gone():
+                self._drop_queue()
             else:
-                text = queue.popleft()
-                self._queued -= len(text)
-            await send({"type": "websocket.send", "text": text})
+                direct.write(self._take_all())
         self._limit = self._base_limit
         if self._closing is not None:
             await self._send_close()
         else:
             self._writer = None
+
+    def _take_one(self) -> str:
+        """What goes into the next ASGI send: a batch of events (chat.v1) or one line."""
+        queue = self._queue
+        if not self.json or len(queue) == 1:
+            text: str = queue.popleft()
+            self._queued -= len(text)
+            return text
+        if self._queued <= BATCH_CHARS:
+            text = "\n".join(queue)
+            queue.clear()
+            self._queued = 0
+            return text
+        return self._take_batch()
+
+    def _take_all(self) -> bytes:
+        """Everything queued, framed for one transport write."""
+        queue = self._queue
+        if self.json:
+            frames = []
+            while queue:
+                frames.append(text_frame(self._take_one().encode()))
+            data = b"".join(frames)
+        else:
+            data = b"".join(queue)
+            queue.clear()
+        self._queued = 0
+        self._limit = self._base_limit
+        return data
+
+    def _drop_queue(self) -> None:
+        self._queue.clear()
+        self._queued = 0
 
     def _take_batch(self) -> str:
         """The oldest queued events that fit in one frame of at most BATCH_CHARS."""
@@ -130,3 +202,9 @@ class Connection(Client):
         if not writer.cancelled():
             # Retrieve it: a peer that vanished mid-send, or a close that timed out, is routine.
             writer.exception()
+
+
+def _plain_frame(event: Outgoing) -> bytes:
+    assert event.plain is not None
+    event.frame = text_frame(event.plain.encode())
+    return event.frame

@@ -61,12 +61,15 @@ class Limits:
 class Outgoing:
     """An event on its way to many clients, encoded at most once per protocol."""
 
-    __slots__ = ("_json", "data", "plain")
+    __slots__ = ("_json", "data", "frame", "plain")
 
     def __init__(self, data: Event, plain: str | None) -> None:
         self.data = data
         self.plain = plain
         self._json: str | None = None
+        # For the WebSocket layer: the plain line as a ready-made frame, built for the first
+        # recipient that can take it and reused for the rest.
+        self.frame: bytes | None = None
 
     @property
     def json(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import httpx
 import websockets
@@ -82,3 +83,22 @@ async def test_plain_sees_json_messages_and_renames(relay: RelayProcess, room: s
         assert await recv(plain) == f"{old} :: is now known as n{room}"
         await json_client.close()
         assert await recv(plain) == f"n{room} :: left the chat"
+
+
+async def test_asgi_send_path_on_other_websocket_implementations(
+    relay_factory: Callable[..., RelayProcess], room: str
+) -> None:
+    """uvicorn's legacy `websockets` implementation gets plain ASGI sends, not direct writes."""
+    relay = relay_factory("--ws", "websockets")
+    async with websockets.connect(relay.url(room)) as plain:
+        name = name_of(await recv(plain))
+        json_client = await JsonClient.connect(relay.url(room))
+        await recv(plain)
+        for text in ("one", "two", "three"):
+            await plain.send(text)
+        assert [await recv(plain) for _ in range(3)] == [
+            f"{name} :: {t}" for t in ("one", "two", "three")
+        ]
+        got = [await json_client.expect("message") for _ in range(3)]
+        assert [m["seq"] for m in got] == [1, 2, 3]
+        await json_client.close()

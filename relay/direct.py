@@ -1,0 +1,86 @@
+"""Writing frames straight to uvicorn's transport, one write per connection per loop pass.
+
+Each ASGI `websocket.send` is one frame and one `write()` system call, and at high fan-out
+that per-frame cost is most of the relay's work (docs/performance.md). With uvicorn's
+`websockets-sansio` protocol behind the endpoint's `send`, the relay can instead frame the
+events itself and hand each socket everything queued for it in one `transport.write()`.
+With any other server or protocol implementation the relay keeps using plain ASGI sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+_TEXT = 0x81  # FIN + text opcode; server frames are never masked (RFC 6455 5.1)
+
+
+def text_frame(payload: bytes) -> bytes:
+    size = len(payload)
+    if size < 126:
+        return bytes((_TEXT, size)) + payload
+    if size < 65536:
+        return bytes((_TEXT, 126)) + size.to_bytes(2, "big") + payload
+    return bytes((_TEXT, 127)) + size.to_bytes(8, "big") + payload
+
+
+class DirectSocket:
+    """uvicorn's protocol object for one WebSocket, used only for raw writes and backpressure.
+
+    Control frames (ping, close) still go through uvicorn, which writes them whole, so our
+    frames and its frames never interleave mid-frame.
+    """
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
+        self._protocol = protocol
+
+    @classmethod
+    def behind(cls, send: Callable[..., Any]) -> DirectSocket | None:
+        """The direct path for an ASGI `send` that is uvicorn's sansio protocol, else None."""
+        protocol = getattr(send, "__self__", None)
+        return cls(protocol) if isinstance(protocol, WebSocketsSansIOProtocol) else None
+
+    def writable(self) -> bool:
+        protocol = self._protocol
+        return protocol.writable.is_set() and not self.gone()
+
+    def gone(self) -> bool:
+        """Closing, or closed: nothing more may be written."""
+        return self._protocol.close_sent or self._protocol.transport.is_closing()
+
+    async def wait_writable(self) -> None:
+        await self._protocol.writable.wait()
+
+    def write(self, data: bytes) -> None:
+        self._protocol.transport.write(data)
+
+
+class Flushable(Protocol):
+    def flush(self) -> None: ...
+
+
+class Flusher:
+    """Collects the connections that got events during one loop pass and writes them at its end.
+
+    A message to a room of N becomes N queue appends now and N writes once the handler that
+    posted it (and any others ready in the same pass) have run, so events that arrive
+    together leave together.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[Flushable] = []
+
+    def mark(self, connection: Flushable) -> None:
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append(connection)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for connection in pending:
+            connection.flush()
