@@ -131,8 +131,12 @@ class Room:
         self.clients: dict[Client, None] = {}
         self.users: dict[User, int] = {}
 
-    def member_names(self) -> list[str]:
-        return sorted(user.name for user in self.users)
+    def member_names(self, also: User | None = None) -> list[str]:
+        names = [user.name for user in self.users]
+        if also is not None and also not in self.users:
+            names.append(also.name)
+        names.sort()
+        return names
 
 
 class Hub:
@@ -214,7 +218,7 @@ class Hub:
             "room": room.name,
             "you": user.name,
             "token": self.signer.issue(user.subject, user.name),
-            "members": sorted({*room.member_names(), user.name}),
+            "members": room.member_names(also=user),
             "seq": seq,
             "epoch": epoch_now,
             "limits": self.limits.describe(),
