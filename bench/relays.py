@@ -35,9 +35,9 @@ class RelaySpec:
         return [part.format(port=port, state=state) for part in self.command]
 
 
-def _ours(name: str, ws: str) -> RelaySpec:
+def _ours(name: str, ws: str, *extra: str) -> RelaySpec:
     command = (sys.executable, "-m", "relay", "serve", "--port", "{port}", "--rate", "0")
-    command += ("--state-dir", "{state}", "--log-level", "warning", "--ws", ws)
+    command += ("--state-dir", "{state}", "--log-level", "warning", "--ws", ws, *extra)
     return RelaySpec(name, command, ("chat.v1", "plain"), ours=True)
 
 
@@ -67,6 +67,8 @@ def catalogue() -> dict[str, RelaySpec]:
         "ours": _ours("ours", "websockets-sansio"),
         "ours-wsproto": _ours("ours-wsproto", "wsproto"),
         "ours-websockets": _ours("ours-websockets", "websockets"),
+        # The in-memory store, against the default SQLite one (issue 5's 10 % target).
+        "ours-memory": _ours("ours-memory", "websockets-sansio", "--db", ":memory:"),
     }
     if REFS.is_dir():
         relays["naive"] = _ref("naive", "naive_starlette.py")

@@ -259,6 +259,7 @@ def _fanout(res: Results, ns: list[int]) -> list[str]:
         ("ours/plain", "node"),
         ("ours-wsproto/chat.v1", "ours/chat.v1"),
         ("ours-websockets/chat.v1", "ours/chat.v1"),
+        ("ours/chat.v1", "ours-memory/chat.v1"),
         ("node", "naive"),
     ]
     rows = []

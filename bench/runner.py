@@ -70,6 +70,7 @@ def full_plan() -> Plan:
             *refs,
             Case("ours-wsproto", "chat.v1"),
             Case("ours-websockets", "chat.v1"),
+            Case("ours-memory", "chat.v1"),
         ],
         warmup=2.0,
         duration=5.0,
