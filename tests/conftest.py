@@ -24,8 +24,8 @@ def relay_factory(tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
     """Relays with custom flags, stopped at the end of the test."""
     started: list[RelayProcess] = []
 
-    def start(*args: str, port: int = 0) -> RelayProcess:
-        process = RelayProcess(tmp_path / "state", *args, port=port)
+    def start(*args: str, port: int = 0, env: dict[str, str] | None = None) -> RelayProcess:
+        process = RelayProcess(tmp_path / "state", *args, port=port, env=env)
         started.append(process)
         return process
 

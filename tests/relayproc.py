@@ -29,8 +29,10 @@ T = TypeVar("T")
 class RelayProcess:
     """`python -m relay serve --port 0`, the port read from the line it prints on start."""
 
-    def __init__(self, state_dir: Path, *args: str, port: int = 0) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    def __init__(
+        self, state_dir: Path, *args: str, port: int = 0, env: dict[str, str] | None = None
+    ) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         command = [sys.executable, "-m", "relay", "serve", "--port", str(port)]
         command += ["--state-dir", str(state_dir), "--log-level", "warning", *args]
         state_dir.mkdir(parents=True, exist_ok=True)

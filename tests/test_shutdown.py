@@ -50,3 +50,25 @@ def test_version() -> None:
     done = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0
     assert done.stdout.strip() == version("terminal-chat")
+
+
+async def test_environment_sets_options_and_flags_win(
+    relay_factory: Callable[..., RelayProcess],
+) -> None:
+    env = {"CHAT_RELAY_MAX_MESSAGE_BYTES": "123", "CHAT_RELAY_HISTORY": "7"}
+    relay = relay_factory("--history", "9", env=env)
+    client = await JsonClient.connect(relay.url("env"))
+    limits = client.welcome["limits"]
+    assert (limits["max_message_bytes"], limits["history"]) == (123, 9)
+    await client.close()
+
+
+def test_secret_is_generated_once_and_kept(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    seen = []
+    for _ in range(2):
+        relay = RelayProcess(state)
+        assert relay.stop() == 0
+        seen.append((state / "secret").read_bytes())
+    assert len(seen[0]) == 32 and seen[0] == seen[1]
+    assert (state / "secret").stat().st_mode & 0o777 == 0o600
