@@ -12,7 +12,6 @@ means the peer stopped reading; the hub then drops it.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -57,8 +56,8 @@ class Connection(Client):
         self._marked = False
         self._base_limit = self._limit = queue_limit
         # chat.v1: event lines (batched per send). Plain: ready frames on the direct path,
-        # else lines.
-        self._queue: deque[Any] = deque()
+        # else lines. A list, not a deque: emptied with clear(), it holds no memory while idle.
+        self._queue: list[Any] = []
         self._queued = 0
         self._closing: tuple[int, str] | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -128,7 +127,8 @@ class Connection(Client):
         queue, direct = self._queue, self._direct
         while queue:
             if direct is None:
-                await self._send({"type": "websocket.send", "text": self._take_one()})
+                for text in self._take_sends():
+                    await self._send({"type": "websocket.send", "text": text})
                 continue
             await direct.wait_writable()
             if direct.gone():
@@ -141,28 +141,33 @@ class Connection(Client):
         else:
             self._writer = None
 
-    def _take_one(self) -> str:
-        """What goes into the next ASGI send: a batch of events (chat.v1) or one line."""
-        queue = self._queue
-        if not self.json or len(queue) == 1:
-            text: str = queue.popleft()
-            self._queued -= len(text)
-            return text
-        if self._queued <= BATCH_CHARS:
-            text = "\n".join(queue)
-            queue.clear()
-            self._queued = 0
-            return text
-        return self._take_batch()
+    def _take_sends(self) -> list[str]:
+        """Everything queued, as the texts of ASGI sends: batches (chat.v1) or single lines."""
+        if self.json:
+            return self._take_batches()
+        lines = self._queue[:]
+        self._queue.clear()
+        self._queued = 0
+        return lines
+
+    def _take_batches(self) -> list[str]:
+        """The queued events joined into frames of at most BATCH_CHARS characters each."""
+        queue, batches, start, size = self._queue, [], 0, -1
+        for index, line in enumerate(queue):
+            if size >= 0 and size + 1 + len(line) > BATCH_CHARS:
+                batches.append("\n".join(queue[start:index]))
+                start, size = index, -1
+            size += 1 + len(line)
+        batches.append("\n".join(queue[start:]))
+        queue.clear()
+        self._queued = 0
+        return batches
 
     def _take_all(self) -> bytes:
         """Everything queued, framed for one transport write."""
         queue = self._queue
         if self.json:
-            frames = []
-            while queue:
-                frames.append(text_frame(self._take_one().encode()))
-            data = b"".join(frames)
+            data = b"".join([text_frame(batch.encode()) for batch in self._take_batches()])
         else:
             data = b"".join(queue)
             queue.clear()
@@ -173,17 +178,6 @@ class Connection(Client):
     def _drop_queue(self) -> None:
         self._queue.clear()
         self._queued = 0
-
-    def _take_batch(self) -> str:
-        """The oldest queued events that fit in one frame of at most BATCH_CHARS."""
-        queue = self._queue
-        lines = [queue.popleft()]
-        size = len(lines[0])
-        while queue and size + 1 + len(queue[0]) <= BATCH_CHARS:
-            lines.append(queue.popleft())
-            size += 1 + len(lines[-1])
-        self._queued -= size - len(lines) + 1
-        return "\n".join(lines)
 
     async def _send_close(self) -> None:
         assert self._closing is not None
