@@ -19,7 +19,11 @@ class Store(ABC):
 
     @abstractmethod
     def room(self, room: str) -> tuple[str, int]:
-        """The room's history epoch and latest seq, creating an empty history on first use."""
+        """The room's history epoch and latest seq (0 for a room never written to).
+
+        Looking at a room must not create it (anyone can ask over HTTP about any name); the
+        epoch reported for a room not yet written becomes its epoch when it is.
+        """
 
     @abstractmethod
     def append(self, room: str, message: Event) -> None:
@@ -111,19 +115,28 @@ class MemoryStore(Store):
     def __init__(self, limit: int = 1000) -> None:
         self._limit = limit
         self._logs: dict[str, _Log] = {}
+        # Stands in for every room not yet created; becomes the next created room's log.
+        self._unused = _Log(limit)
         self._names: dict[str, str] = {}
         self._subjects: dict[str, str] = {}
         self._dms: dict[str, list[tuple[str, Event]]] = {}
         self._consent: dict[frozenset[str], tuple[str, str]] = {}
 
     def _log(self, room: str) -> _Log:
+        """The room's log, created on its first change."""
         log = self._logs.get(room)
         if log is None:
-            log = self._logs[room] = _Log(self._limit)
+            # The epoch a lookup already reported for this room becomes the room's own.
+            log = self._logs[room] = self._unused
+            self._unused = _Log(self._limit)
         return log
 
+    def _peek(self, room: str) -> _Log:
+        """The room's log for reading: looking at a room does not create it."""
+        return self._logs.get(room) or self._unused
+
     def room(self, room: str) -> tuple[str, int]:
-        log = self._log(room)
+        log = self._peek(room)
         return log.epoch, log.seq
 
     def append(self, room: str, message: Event) -> None:
@@ -132,7 +145,7 @@ class MemoryStore(Store):
         log.messages.append(message)
 
     def after(self, room: str, seq: int) -> list[Event] | None:
-        log = self._log(room)
+        log = self._peek(room)
         if seq >= log.seq:
             return [] if seq == log.seq else None
         kept = log.messages
@@ -142,7 +155,7 @@ class MemoryStore(Store):
         return [kept[i] for i in range(start, len(kept))]
 
     def before(self, room: str, before: int | None, limit: int) -> list[Event]:
-        kept = self._log(room).messages
+        kept = self._peek(room).messages
         if not kept or limit <= 0:
             return []
         end = len(kept) if before is None else max(0, min(len(kept), before - kept[0]["seq"]))
@@ -152,19 +165,19 @@ class MemoryStore(Store):
         self._logs.pop(room, None)
 
     def owner(self, room: str) -> str | None:
-        return self._log(room).owner
+        return self._peek(room).owner
 
     def set_owner(self, room: str, subject: str) -> None:
         self._log(room).owner = subject
 
     def topic(self, room: str) -> str | None:
-        return self._log(room).topic
+        return self._peek(room).topic
 
     def set_topic(self, room: str, topic: str) -> None:
         self._log(room).topic = topic
 
     def read_marker(self, room: str, subject: str) -> int:
-        return self._log(room).reads.get(subject, 0)
+        return self._peek(room).reads.get(subject, 0)
 
     def set_read_marker(self, room: str, subject: str, seq: int) -> None:
         self._log(room).reads[subject] = seq

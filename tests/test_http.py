@@ -175,3 +175,15 @@ async def test_metrics_prometheus_text(
         assert line.startswith("#") or len(line.rsplit(" ", 1)) == 2, line
     await alice.close()
     await bob.close()
+
+
+async def test_epoch_reported_before_a_room_exists_is_kept(relay_factory) -> None:
+    relay = relay_factory("--db", ":memory:")
+    async with httpx.AsyncClient(base_url=relay.http) as http:
+        page = (await http.get("/rooms/never-used/messages")).json()
+        assert (page["seq"], page["messages"]) == (0, [])
+        client = await JsonClient.connect(relay.url("never-used"))
+        assert client.welcome["epoch"] == page["epoch"]
+        await client.send(type="say", text="first")
+        await client.expect("message", seq=1)
+        await client.close()
