@@ -410,14 +410,19 @@ class Hub:
         return seen[1] if seen is not None and now - seen[0] <= CID_TTL else None
 
     def _text_ok(self, client: Client, text: str, allow_empty: bool = False) -> bool:
+        problem = self._text_problem(text, allow_empty)
+        if problem is not None:
+            self._error(client, *problem)
+        return problem is None
+
+    def _text_problem(self, text: str, allow_empty: bool = False) -> tuple[str, str] | None:
+        """(code, detail) when `text` cannot be posted: blank, or over the size limit."""
         limit = self.limits.max_message_bytes
         if not allow_empty and not text.strip():
-            self._error(client, p.EMPTY, "message text is empty")
-            return False
+            return p.EMPTY, "message text is empty"
         if len(text) * 4 > limit and len(text.encode()) > limit:
-            self._error(client, p.TOO_LARGE, f"message is longer than {limit} bytes")
-            return False
-        return True
+            return p.TOO_LARGE, f"message is longer than {limit} bytes"
+        return None
 
     def _on_nick(self, client: Client, request: Event) -> None:
         user = client.user
@@ -670,10 +675,9 @@ class Hub:
             raise PostError(p.BAD_NAME, problem)
         if sender.casefold() in self._names:
             raise PostError(p.NAME_TAKEN, f"{sender} is a connected user's name")
-        if not text.strip():
-            raise PostError(p.EMPTY, "message text is empty")
-        if len(text.encode()) > self.limits.max_message_bytes:
-            raise PostError(p.TOO_LARGE, f"message is longer than {self.limits.max_message_bytes}")
+        text_problem = self._text_problem(text)
+        if text_problem is not None:
+            raise PostError(*text_problem)
         message = self._message(room_name, sender, text, via="http")
         room = self.rooms.get(room_name)
         if room is not None:
