@@ -16,13 +16,9 @@ from relay.core import Hub, Limits
 from relay.sqlite_store import SQLiteStore
 from relay.store import MemoryStore, Store
 from relay.tokens import TokenSigner, load_secret
+from shared.xdg import state_home
 
 DRAIN_SECONDS = 5.0
-
-
-def _default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-    return Path(base) / "chat-relay"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         ("burst", int, defaults.burst, "messages a connection may send at once"),
         ("send-queue-bytes", int, defaults.send_queue_bytes, "per-connection queue budget"),
         ("secret", str, None, "token signing secret (default: generated, kept in state dir)"),
-        ("state-dir", Path, _default_state_dir(), "where the relay keeps its state"),
+        ("state-dir", Path, state_home("chat-relay"), "where the relay keeps its state"),
         ("db", str, None, "SQLite database (default: STATE_DIR/chat.db; :memory: keeps none)"),
         ("retain-messages", int, 0, "messages the database keeps per room (0: no cap)"),
         ("retain-days", float, 0.0, "days the database keeps a message (0: no limit)"),

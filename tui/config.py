@@ -1,28 +1,26 @@
 """Settings from `$XDG_CONFIG_HOME/chat-tui/config.toml`, overridden by command-line flags.
 
-The XDG variables are read at call time (not import time) so tests and several profiles on one
-machine can point the client at their own directories.
+Directories follow the XDG base directories (shared/xdg.py).
 """
 
 from __future__ import annotations
 
-import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from shared.xdg import config_home, state_home
 
 APP_DIR = "chat-tui"
 DEFAULT_SERVER = "ws://127.0.0.1:8000"
 
 
 def config_dir() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
-    return Path(base) / APP_DIR
+    return config_home(APP_DIR)
 
 
 def state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-    return Path(base) / APP_DIR
+    return state_home(APP_DIR)
 
 
 class ConfigError(Exception):
