@@ -329,6 +329,10 @@ class Hub:
         if not isinstance(request, dict):
             self._error(client, p.BAD_JSON, "frame must be a JSON object")
             return
+        problem = _fields_problem(request)
+        if problem is not None:
+            self._error(client, p.BAD_TEXT, problem)
+            return
         handler = self._handlers.get(kind) if isinstance(kind, str) else None
         if handler is None:
             self._error(client, p.UNKNOWN_TYPE, f"unknown type {kind!r}"[:200])
@@ -416,7 +420,10 @@ class Hub:
         return problem is None
 
     def _text_problem(self, text: str, allow_empty: bool = False) -> tuple[str, str] | None:
-        """(code, detail) when `text` cannot be posted: blank, or over the size limit."""
+        """(code, detail) when `text` cannot be posted: not text, blank, or over the size limit."""
+        problem = p.text_error(text)
+        if problem is not None:
+            return p.BAD_TEXT, problem
         limit = self.limits.max_message_bytes
         if not allow_empty and not text.strip():
             return p.EMPTY, "message text is empty"
@@ -742,6 +749,21 @@ def _dm(event: Event) -> Outgoing:
 def _dm_request(sender: str) -> Outgoing:
     request = {"type": "dm_request", "from": sender, "ts": p.now_rfc3339()}
     return Outgoing(request, f"{sender} -> you :: wants to send you private messages")
+
+
+def _fields_problem(request: Event) -> str | None:
+    """Why a string field other than `text` cannot be taken, or None.
+
+    Any field may be echoed back (a cid, a name in an error's detail), so all are checked
+    here, once per request. `text` is left to `Hub._text_problem`, which every handler that
+    uses it runs anyway.
+    """
+    for key, value in request.items():
+        if key != "text" and isinstance(value, str):
+            problem = p.text_error(value)
+            if problem is not None:
+                return f"{key!r}: {problem}"[:200]
+    return None
 
 
 def _is_int(value: object) -> bool:

@@ -7,6 +7,7 @@ name is and how a frame splits into events, instead of each side growing its own
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,6 +42,11 @@ NO_SUCH_USER = "no_such_user"
 BAD_REQUEST = "bad_request"
 NOT_OWNER = "not_owner"
 DM_DECLINED = "dm_declined"
+BAD_TEXT = "bad_text"
+
+# What no text field may carry: surrogate code points, which a Python str can hold (JSON's
+# `\ud800` escape, `surrogatepass` decoding) but UTF-8 cannot encode.
+_NOT_TEXT = re.compile("[\ud800-\udfff]")
 
 
 def _valid_chars(text: str) -> bool:
@@ -54,6 +60,18 @@ def room_error(room: str) -> str | None:
     if not _valid_chars(room):
         return "room name may contain only letters, digits, '-', '_' and '.'"
     return None
+
+
+def text_error(text: str) -> str | None:
+    """Why `text` may not travel through the relay in any field, or None when it may.
+
+    Checked once when a request arrives: anything let in here is later encoded for every
+    recipient, where one unencodable character would fail for all of them at once.
+    """
+    found = _NOT_TEXT.search(text)
+    if found is None:
+        return None
+    return f"text contains U+{ord(found.group()):04X}, which is not valid Unicode"
 
 
 def name_error(name: str) -> str | None:
