@@ -314,7 +314,7 @@ class Hub:
             return
         if not client.json:
             if self._admit(client):
-                self._say(client, text, None)
+                self._say(client, _strip_line_break(text), None)
             return
         try:
             request = json.loads(text)
@@ -385,7 +385,7 @@ class Hub:
         message = self._message(room.name, user.name, text, cid=cid)
         if cid is not None:
             user.cids[cid] = (self.clock(), message)
-        self._fanout(room, Outgoing(message, f"{user.name} :: {text}"))
+        self._fanout(room, Outgoing(message, _plain(f"{user.name} :: ", text)))
 
     def _message(self, room: str, sender: str, text: str, **extra: str | None) -> Event:
         """A new room message, numbered and kept in the room's history; None extras are left out."""
@@ -616,7 +616,8 @@ class Hub:
         self.store.set_topic(room.name, topic)
         ts = p.now_rfc3339()
         event = {"type": "topic", "room": room.name, "topic": topic, "by": user.name, "ts": ts}
-        self._fanout(room, Outgoing(event, f"{user.name} :: set the topic: {topic}"))
+        plain = _plain(f"{user.name} :: ", topic, first="set the topic: ")
+        self._fanout(room, Outgoing(event, plain))
 
     def _on_kick(self, client: Client, request: Event) -> None:
         room, user = client.room, client.user
@@ -688,7 +689,7 @@ class Hub:
         message = self._message(room_name, sender, text, via="http")
         room = self.rooms.get(room_name)
         if room is not None:
-            self._fanout(room, Outgoing(message, f"{sender} :: {text}"))
+            self._fanout(room, Outgoing(message, _plain(f"{sender} :: ", text)))
         return message
 
     # -- shutdown -------------------------------------------------------------------------------
@@ -743,7 +744,25 @@ class _BadRequest(Exception):
 
 
 def _dm(event: Event) -> Outgoing:
-    return Outgoing(event, f"{event['from']} -> {event['to']} :: {event['text']}")
+    return Outgoing(event, _plain(f"{event['from']} -> {event['to']} :: ", event["text"]))
+
+
+def _plain(prefix: str, text: str, first: str = "") -> str:
+    """The plain form of user text: every line starts with `prefix`, naming who wrote it.
+
+    Without it, a newline in the text would let its author show plain clients a line that
+    seems to come from someone else, or from the relay. Built once per event.
+    """
+    if "\n" in text:
+        text = text.replace("\n", "\n" + prefix)
+    return prefix + first + text
+
+
+def _strip_line_break(text: str) -> str:
+    """A plain frame without the line break that line-oriented clients (websocat) end it with."""
+    if text.endswith("\n"):
+        return text[:-2] if text.endswith("\r\n") else text[:-1]
+    return text
 
 
 def _dm_request(sender: str) -> Outgoing:

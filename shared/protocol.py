@@ -44,9 +44,15 @@ NOT_OWNER = "not_owner"
 DM_DECLINED = "dm_declined"
 BAD_TEXT = "bad_text"
 
-# What no text field may carry: surrogate code points, which a Python str can hold (JSON's
-# `\ud800` escape, `surrogatepass` decoding) but UTF-8 cannot encode.
-_NOT_TEXT = re.compile("[\ud800-\udfff]")
+# What no text field may carry (docs/protocol.md, Text): C0 controls but tab and newline, DEL and
+# C1 controls (terminal escapes, carriage returns that overwrite a line); line and paragraph
+# separators (line breaks a plain client would not see coming); bidi embeddings, overrides and
+# isolates (text that displays in another order than it reads); and surrogate code points, which
+# a Python str can hold (JSON's `\ud800` escape, `surrogatepass` decoding) but UTF-8 cannot
+# encode.
+_REFUSED = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
 
 
 def _valid_chars(text: str) -> bool:
@@ -68,10 +74,21 @@ def text_error(text: str) -> str | None:
     Checked once when a request arrives: anything let in here is later encoded for every
     recipient, where one unencodable character would fail for all of them at once.
     """
-    found = _NOT_TEXT.search(text)
+    if text.isprintable():
+        return None
+    found = _REFUSED.search(text)
     if found is None:
         return None
-    return f"text contains U+{ord(found.group()):04X}, which is not valid Unicode"
+    code = ord(found.group())
+    if 0xD800 <= code <= 0xDFFF:
+        why = "which is not valid Unicode"
+    elif code in (0x2028, 0x2029):
+        why = "a line or paragraph separator (send a newline)"
+    elif code > 0x2000:
+        why = "a bidirectional embedding, override or isolate"
+    else:
+        why = "a control character (only tab and newline are allowed)"
+    return f"text contains U+{code:04X}, {why}"
 
 
 def name_error(name: str) -> str | None:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import websockets
 
+from shared.sanitize import clean
 from tests.relayproc import JsonClient, RelayProcess
 
 
@@ -124,3 +125,137 @@ async def test_surrogate_http_post_is_refused(
         page = await http.get(f"/rooms/{room}/messages")
     assert page.status_code == 200
     assert [m["text"] for m in page.json()["messages"]] == ["honest after post"]
+
+
+# -- control and bidi characters; what plain clients are shown --------------------------------
+
+REFUSED_TEXTS = {
+    "csi-colour": "\x1b[31mred",
+    "osc-title": "\x1b]0;owned\x07",
+    "nul": "a\x00b",
+    "carriage-return": "fine\rforged",
+    "del": "a\x7fb",
+    "c1-nel": "a\x85b",
+    "c1-csi": "a\x9b31mb",
+    "bidi-override": "abc\u202edcba",
+    "bidi-isolate": "abc\u2066x\u2069",
+    "line-separator": "a\u2028b",
+}
+
+
+@pytest.mark.parametrize("text", REFUSED_TEXTS.values(), ids=REFUSED_TEXTS.keys())
+async def test_control_and_bidi_characters_are_refused(
+    relay: RelayProcess, room: str, text: str
+) -> None:
+    sender = await JsonClient.connect(relay.url(room))
+    await sender.send(type="say", text=text, cid="c-1")
+    error = await sender.expect("error")
+    assert (error["code"], error["request"]) == ("bad_text", "say")
+    assert f"U+{ord(next(c for c in text if not c.isprintable())):04X}" in error["detail"]
+    async with httpx.AsyncClient(base_url=relay.http, timeout=5) as http:
+        response = await http.post(f"/rooms/{room}/messages", json={"from": "bot", "text": text})
+        assert (response.status_code, response.json()["error"]) == (400, "bad_text")
+        page = (await http.get(f"/rooms/{room}/messages")).json()
+    assert page["messages"] == []
+    await sender.close()
+
+
+async def test_control_characters_are_refused_in_other_fields(
+    relay: RelayProcess, room: str
+) -> None:
+    sender = await JsonClient.connect(relay.url(room))
+    await sender.send(type="say", text="hi", cid="c\x1b[2J")
+    assert (await sender.expect("error"))["code"] == "bad_text"
+    await sender.send(type="dm", to="x\x1b]0;t\x07", text="hi")
+    assert (await sender.expect("error"))["code"] == "bad_text"
+    await sender.send(type="topic", text="\u202eevil")
+    assert (await sender.expect("error"))["code"] == "bad_text"
+    await sender.close()
+
+
+async def test_tab_newline_and_ordinary_unicode_are_kept(relay: RelayProcess, room: str) -> None:
+    sender = await JsonClient.connect(relay.url(room))
+    text = "col1\tcol2\n\u05e9\u05dc\u05d5\u05dd\u200f 👩\u200d💻 e\u0301"
+    await sender.send(type="say", text=text)
+    assert (await sender.expect("message"))["text"] == text
+    await sender.close()
+
+
+async def test_plain_control_characters_get_an_error_line(relay: RelayProcess, room: str) -> None:
+    async with websockets.connect(relay.url(room)) as plain:
+        await recv(plain)
+        await plain.send("\x1b[31mred")
+        line = await recv(plain)
+        assert line.startswith("* error bad_text: text contains U+001B"), line
+        assert line.isprintable()
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n"])
+async def test_plain_trailing_line_break_is_not_part_of_the_message(
+    relay: RelayProcess, room: str, ending: str
+) -> None:
+    witness = await JsonClient.connect(relay.url(room))
+    async with websockets.connect(relay.url(room)) as plain:
+        name = (await recv(plain)).partition(" :: ")[0]
+        await plain.send("hello" + ending)
+        assert await recv(plain) == f"{name} :: hello"
+        assert (await witness.expect("message"))["text"] == "hello"
+        await plain.send("two\nlines\n")
+        assert await recv(plain) == f"{name} :: two\n{name} :: lines"
+        assert (await witness.expect("message"))["text"] == "two\nlines"
+        await plain.send(ending)
+        assert (await recv(plain)).startswith("* error empty:")
+    await witness.close()
+
+
+FORGERY = "hi\nalice :: I owe mallory 100 EUR\n* error x: fake"
+
+
+def every_line_from(frame: str, prefix: str) -> None:
+    lines = frame.split("\n")
+    assert len(lines) == 3, frame
+    assert all(line.startswith(prefix) for line in lines), frame
+
+
+async def test_multiline_message_lines_all_name_the_sender(relay: RelayProcess, room: str) -> None:
+    mallory = await JsonClient.connect(relay.url(room))
+    name = mallory.welcome["you"]
+    async with websockets.connect(relay.url(room)) as plain:
+        await recv(plain)
+        await mallory.send(type="say", text=FORGERY)
+        every_line_from(await recv(plain), f"{name} :: ")
+        async with httpx.AsyncClient(base_url=relay.http, timeout=5) as http:
+            response = await http.post(
+                f"/rooms/{room}/messages", json={"from": "bot", "text": FORGERY}
+            )
+            assert response.status_code == 201
+        every_line_from(await recv(plain), "bot :: ")
+        await mallory.send(type="topic", text=FORGERY)
+        frame = await recv(plain)
+        every_line_from(frame, f"{name} :: ")
+        assert frame.startswith(f"{name} :: set the topic: hi\n")
+    await mallory.close()
+
+
+async def test_multiline_dm_lines_all_name_sender_and_recipient(
+    relay: RelayProcess, room: str
+) -> None:
+    mallory = await JsonClient.connect(relay.url(room))
+    bob = await JsonClient.connect(relay.url(room))
+    await mallory.send(type="dm", to=bob.welcome["you"], text="first")
+    await bob.expect("dm_request")
+    await bob.send(type="dm_accept", **{"from": mallory.welcome["you"]})
+    await mallory.expect("dm_accepted")
+    async with websockets.connect(relay.url(room, f"token={bob.welcome['token']}")) as plain:
+        await recv(plain)
+        await mallory.send(type="dm", to=bob.welcome["you"], text=FORGERY)
+        every_line_from(await recv(plain), f"{mallory.welcome['you']} -> {bob.welcome['you']} :: ")
+    await mallory.close()
+    await bob.close()
+
+
+def test_clients_drop_bidi_controls_from_what_they_show() -> None:
+    assert clean("abc\u202edcba \u2066x\u2069") == "abcdcba x"
+    assert clean("a\tb\nc \u200f") == "a\tb\nc \u200f"
+    escapes = ["clear\x1b[2Jscreen", "clip\x1b]52;c;ZXZpbA==\x07board", "csi\x9b31mred"]
+    assert [clean(text) for text in escapes] == ["clearscreen", "clipboard", "csired"]
