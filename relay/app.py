@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from starlette.applications import Starlette
@@ -20,6 +19,7 @@ from relay.direct import Flusher
 from shared import protocol as p
 
 _POST_STATUS = {p.NAME_TAKEN: 409, p.TOO_LARGE: 413}
+_COUNT_DIGITS = 18
 
 
 class ChatEndpoint:
@@ -107,14 +107,17 @@ def create_app(hub: Hub) -> Router:
             limit = _count(request.query_params, "limit")
         except ValueError as bad:
             return _error(400, p.BAD_REQUEST, str(bad))
-        limit = min(limit or hub.limits.backlog, p.HISTORY_PAGE_MAX)
+        if limit == 0:
+            # The same rule as chat.v1 `history`: a page of nothing is a mistake, not a default.
+            return _error(400, p.BAD_REQUEST, "limit must be a positive integer")
+        limit = min(hub.limits.backlog if limit is None else limit, p.HISTORY_PAGE_MAX)
         epoch, seq = hub.store.room(room)
         page = hub.store.before(room, before, limit)
         return JSONResponse({"room": room, "epoch": epoch, "seq": seq, "messages": page})
 
     async def _post(request: Request, room: str) -> Response:
         try:
-            body = json.loads(await request.body())
+            body = p.parse(await request.body())
         except ValueError:
             return _error(400, p.BAD_JSON, "body is not valid JSON")
         if not isinstance(body, dict):
@@ -149,8 +152,10 @@ def _count(query: QueryParams, field: str) -> int | None:
     raw = query.get(field)
     if raw is None or raw == "":
         return None
-    if not (raw.isascii() and raw.isdigit()):
-        raise ValueError(f"{field} must be a non-negative integer")
+    # A bound on digits keeps int() from failing on its own limit with a message longer than
+    # a close frame can carry.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > _COUNT_DIGITS:
+        raise ValueError(f"{field} must be a non-negative integer below 10^{_COUNT_DIGITS}")
     return int(raw)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import uvicorn
 
+from relay import logs
 from relay.app import create_app, drain
 from relay.core import Hub, Limits
 from relay.sqlite_store import SQLiteStore
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         access_log=False,
         backlog=4096,
     )
+    logs.install()
     # uvicorn re-raises the stop signal after its graceful shutdown; with these handlers in
     # place that is a no-op, so a SIGTERM'd relay exits 0 after closing every socket.
     for sig in (signal.SIGINT, signal.SIGTERM):

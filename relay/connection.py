@@ -17,6 +17,7 @@ from typing import Any
 
 from relay.core import Client, Outgoing
 from relay.direct import DirectSocket, Flusher, text_frame
+from shared import protocol as p
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
@@ -106,7 +107,7 @@ class Connection(Client):
     def close(self, code: int, reason: str, flush: bool) -> None:
         if self._closing is not None:
             return
-        self._closing = (code, reason)
+        self._closing = (code, p.close_reason(reason))
         if not flush:
             self._close_now()
             return

@@ -10,7 +10,6 @@ live event, so replay and live stream meet without a gap or a duplicate.
 from __future__ import annotations
 
 import itertools
-import json
 import secrets
 import time
 from collections.abc import Callable
@@ -317,7 +316,7 @@ class Hub:
                 self._say(client, _strip_line_break(text), None)
             return
         try:
-            request = json.loads(text)
+            request = p.parse(text)
         except ValueError:
             request = None
         kind = request.get("type") if isinstance(request, dict) else None
@@ -575,7 +574,9 @@ class Hub:
             raise _BadRequest("'before' must be an integer seq")
         if not _is_int(limit) or limit < 1:
             raise _BadRequest("'limit' must be a positive integer")
-        messages = self.store.before(room.name, before, min(limit, p.HISTORY_PAGE_MAX))
+        # Within what any store can hold (SQLite integers are 64-bit); the reply names the request.
+        upto = None if before is None else max(0, min(before, self.store.room(room.name)[1] + 1))
+        messages = self.store.before(room.name, upto, min(limit, p.HISTORY_PAGE_MAX))
         reply = {"type": "history", "room": room.name, "before": before, "messages": messages}
         self._send(client, Outgoing(reply, None))
 

@@ -39,7 +39,8 @@ class TokenSigner:
     def verify(self, token: str) -> tuple[str, str] | None:
         """(subject, name) from a token this relay signed, or None for anything else."""
         payload, _, mac = token.partition(_SEP)
-        if not mac or not hmac.compare_digest(mac, self._mac(payload)):
+        # compare_digest refuses non-ASCII str (TypeError); no token this relay signs has any.
+        if not mac or not token.isascii() or not hmac.compare_digest(mac, self._mac(payload)):
             return None
         try:
             subject, _, name = _unb64(payload).decode().partition("\n")

@@ -27,6 +27,7 @@ CLOSE_TOO_BIG = 1009
 CLOSE_SLOW_CONSUMER = 1013
 CLOSE_KICKED = 4001
 CLOSE_ROOM_CLOSED = 4002
+CLOSE_REASON_MAX = 123
 
 # Error codes carried in `error` events (stable words; clients may switch on them).
 BAD_JSON = "bad_json"
@@ -65,6 +66,9 @@ def room_error(room: str) -> str | None:
         return f"room name must be 1-{ROOM_MAX} characters"
     if not _valid_chars(room):
         return "room name may contain only letters, digits, '-', '_' and '.'"
+    if not room.strip("."):
+        # `.` and `..` are path segments that browsers and curl resolve away.
+        return "room name must not be only dots"
     return None
 
 
@@ -100,6 +104,18 @@ def name_error(name: str) -> str | None:
     return None
 
 
+def close_reason(reason: str) -> str:
+    """`reason` cut to the 123 UTF-8 bytes a close frame can carry, at a character boundary.
+
+    A reason that names a user (`kicked by …`) can exceed it, and then the close frame is
+    never sent: the peer sees 1006 instead of the code that tells it what happened.
+    """
+    encoded = reason.encode()
+    if len(encoded) <= CLOSE_REASON_MAX:
+        return reason
+    return encoded[:CLOSE_REASON_MAX].decode(errors="ignore")
+
+
 def now_rfc3339() -> str:
     """Server time as RFC 3339 UTC with milliseconds, the form every `ts` field uses."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -108,6 +124,18 @@ def now_rfc3339() -> str:
 def encode(event: Event) -> str:
     """One event as one line of compact JSON; non-ASCII is kept as is (frames are UTF-8)."""
     return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+
+
+def parse(data: str | bytes) -> object:
+    """A peer's JSON; ValueError for anything that is not, including nesting too deep to hold.
+
+    json raises RecursionError for deep nesting (a 64 KB frame holds 60,000 levels), which
+    would otherwise escape as a traceback instead of an answer like any other bad JSON.
+    """
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def decode_frame(frame: str) -> list[Event]:

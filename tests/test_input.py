@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import pytest
 import websockets
 
 from shared.sanitize import clean
-from tests.relayproc import JsonClient, RelayProcess
+from tests.relayproc import JsonClient, RelayProcess, closed
 
 
 async def recv(ws: websockets.ClientConnection, timeout: float = 5.0) -> str:
@@ -259,3 +260,144 @@ def test_clients_drop_bidi_controls_from_what_they_show() -> None:
     assert clean("a\tb\nc \u200f") == "a\tb\nc \u200f"
     escapes = ["clear\x1b[2Jscreen", "clip\x1b]52;c;ZXZpbA==\x07board", "csi\x9b31mred"]
     assert [clean(text) for text in escapes] == ["clearscreen", "clipboard", "csired"]
+
+
+# -- malformed frames, queries and paths --------------------------------------------------------
+
+DEEP = "[" * 60000
+
+
+async def test_deep_json_nesting_is_bad_json(relay_factory) -> None:
+    relay = relay_factory("--rate", "0")
+    client = await JsonClient.connect(relay.url("deep"))
+    for frame in (DEEP, '{"type":"say","text":' * 3000, '{"a":' * 12000 + "1"):
+        await client.ws.send(frame)
+        assert (await client.expect("error"))["code"] == "bad_json"
+    await client.send(type="say", text="still here")
+    await client.expect("message", text="still here")
+    async with httpx.AsyncClient(base_url=relay.http, timeout=5) as http:
+        response = await http.post("/rooms/deep/messages", content=DEEP)
+    assert (response.status_code, response.json()["error"]) == (400, "bad_json")
+    await client.close()
+    assert "Traceback" not in relay.stderr_text()
+
+
+@pytest.mark.parametrize("token", ["x.%C3%A9", "%C3%A9", "a.b%00", "%FF.%FE"])
+async def test_non_ascii_token_is_an_invalid_token(
+    relay: RelayProcess, room: str, token: str
+) -> None:
+    client = await JsonClient.connect(relay.url(room, f"token={token}"))
+    assert client.welcome["you"]
+    await client.send(type="say", text="anonymous but served")
+    await client.expect("message", text="anonymous but served")
+    await client.close()
+    assert "Traceback" not in relay.stderr_text()
+
+
+async def test_invalid_utf8_frame_closes_1007_with_one_log_line(relay_factory) -> None:
+    relay = relay_factory("--rate", "0")
+    witness = await JsonClient.connect(relay.url("utf8"))
+    for _ in range(3):
+        async with websockets.connect(relay.url("utf8")) as bad:
+            await recv(bad)
+            await bad.send(b"caf\xc3(\xff", text=True)
+            code, _ = await closed(bad)
+            assert code == 1007
+    await witness.send(type="say", text="unaffected")
+    await witness.expect("message", text="unaffected")
+    await witness.close()
+    log = relay.stderr_text()
+    assert "Traceback" not in log
+    assert len([line for line in log.splitlines() if "UTF-8" in line]) == 3, log
+
+
+async def test_tokens_never_reach_the_log(relay_factory) -> None:
+    relay = relay_factory("--rate", "0", "--log-level", "debug")
+    first = await JsonClient.connect(relay.url("logs"))
+    token = first.welcome["token"]
+    again = await JsonClient.connect(relay.url("logs", f"backlog=1&token={token}"))
+    await again.close()
+    await first.close()
+    async with websockets.connect(relay.url("logs", f"x=1&%74oken={token}")) as ws:
+        await recv(ws)
+    for path in ("no/such/path", "bad%20room"):
+        with contextlib.suppress(websockets.InvalidStatus):
+            async with websockets.connect(relay.url(path, f"%74oken={token}&x=1")) as ws:
+                await closed(ws)
+    relay.stop()
+    log = relay.stderr_text()
+    assert "token=" in log and "backlog=1" in log, log
+    assert token not in log and token.partition(".")[0] not in log
+    assert token.partition(".")[2] not in log
+
+
+@pytest.mark.parametrize("dots", [".", "..", "...", "%2E%2E"])
+async def test_rooms_made_only_of_dots_are_refused(relay: RelayProcess, dots: str) -> None:
+    async with websockets.connect(relay.url(dots.replace(".", "%2E"))) as ws:
+        code, reason = await closed(ws)
+    assert code == 1008 and "dots" in reason
+    async with httpx.AsyncClient(base_url=relay.http, timeout=5) as http:
+        path = f"/rooms/{dots.replace('.', '%2E')}/messages"
+        for response in (
+            await http.get(path),
+            await http.post(path, json={"from": "b", "text": "x"}),
+        ):
+            assert (response.status_code, response.json()["error"]) == (400, "bad_room")
+    async with websockets.connect(relay.url("a..b")) as ws:
+        assert (await recv(ws)).endswith(":: joined the chat")
+
+
+async def test_limit_zero_is_refused_over_http_and_websocket(
+    relay: RelayProcess, room: str
+) -> None:
+    client = await JsonClient.connect(relay.url(room))
+    await client.send(type="history", limit=0)
+    error = await client.expect("error")
+    assert (error["code"], error["request"]) == ("bad_request", "history")
+    async with httpx.AsyncClient(base_url=relay.http, timeout=5) as http:
+        response = await http.get(f"/rooms/{room}/messages", params={"limit": 0})
+        assert (response.status_code, response.json()["error"]) == (400, "bad_request")
+        assert "limit" in response.json()["detail"]
+        response = await http.get(f"/rooms/{room}/messages", params={"limit": 1})
+        assert response.status_code == 200
+    await client.close()
+
+
+async def test_huge_numbers_in_queries_are_refused_plainly(relay_factory) -> None:
+    relay = relay_factory("--rate", "0")
+    huge = "9" * 5000
+    for query in (f"since={huge}&epoch=x", f"backlog={huge}", f"since={'9' * 30}"):
+        async with websockets.connect(relay.url("huge", query)) as ws:
+            code, reason = await closed(ws)
+        assert code == 1008 and "integer" in reason
+    async with httpx.AsyncClient(base_url=relay.http, timeout=5) as http:
+        for params in ({"before": huge}, {"limit": huge}, {"before": "9" * 30}):
+            response = await http.get("/rooms/huge/messages", params=params)
+            assert (response.status_code, response.json()["error"]) == (400, "bad_request")
+    client = await JsonClient.connect(relay.url("huge"))
+    for request in ({"before": 10**30}, {"limit": 10**30}, {"before": -(10**30)}):
+        await client.send(type="history", **request)
+        assert (await client.expect("history"))["messages"] == []
+    await client.send(type="read", seq=10**30)
+    await client.send(type="say", text="after huge numbers")
+    await client.expect("message", text="after huge numbers")
+    await client.close()
+    assert "Traceback" not in relay.stderr_text()
+
+
+async def test_long_utf8_names_fit_in_close_reasons(relay_factory) -> None:
+    relay = relay_factory("--rate", "0")
+    owner = await JsonClient.connect(relay.url("reasons"))
+    wide = "\U0001d400" * 32
+    await owner.send(type="nick", name=wide)
+    await owner.expect("nick", new=wide)
+    victim = await JsonClient.connect(relay.url("reasons"))
+    await owner.send(type="kick", name=victim.welcome["you"])
+    code, reason = await closed(victim.ws)
+    assert code == 4001 and reason.startswith("kicked by \U0001d400")
+    assert len(reason.encode()) <= 123
+    member = await JsonClient.connect(relay.url("reasons"))
+    await owner.send(type="close")
+    code, reason = await closed(member.ws)
+    assert code == 4002 and reason.startswith("room closed by \U0001d400")
+    assert "Traceback" not in relay.stderr_text()
