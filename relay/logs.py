@@ -14,7 +14,7 @@ from urllib.parse import unquote_plus
 
 REDACTED = "[redacted]"
 # A query parameter (its name may be percent-encoded: `%74oken` is `token` too).
-_PARAMETER = re.compile(r"([?&])([^=&\s\"'?]*)=([^&\s\"']*)")
+_PARAMETER = re.compile(r"(^|[?&\s'\"])([^=&\s\"'?]*)=([^&\s\"']*)")
 # A token in an event that a debug log shows (`"token":"…"`).
 _JSON_TOKEN = re.compile(r'("token"\s*:\s*")[^"]*')
 _INVALID_UTF8 = "Invalid UTF-8 sequence received from client."
@@ -53,5 +53,5 @@ class LogScrubber(logging.Filter):
 def install() -> None:
     """Scrub what uvicorn logs; call after uvicorn has set up its logging (uvicorn.Config)."""
     scrubber = LogScrubber()
-    for name in ("uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
         logging.getLogger(name).addFilter(scrubber)

@@ -126,7 +126,7 @@ def encode(event: Event) -> str:
     return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
 
 
-def parse(data: str | bytes) -> object:
+def parse(data: str | bytes) -> Any:
     """A peer's JSON; ValueError for anything that is not, including nesting too deep to hold.
 
     json raises RecursionError for deep nesting (a 64 KB frame holds 60,000 levels), which

@@ -312,7 +312,7 @@ async def test_invalid_utf8_frame_closes_1007_with_one_log_line(relay_factory) -
 
 
 async def test_tokens_never_reach_the_log(relay_factory) -> None:
-    relay = relay_factory("--rate", "0", "--log-level", "debug")
+    relay = relay_factory("--rate", "0", "--log-level", "trace")
     first = await JsonClient.connect(relay.url("logs"))
     token = first.welcome["token"]
     again = await JsonClient.connect(relay.url("logs", f"backlog=1&token={token}"))
