@@ -256,7 +256,9 @@ class Harness:
         for sender, witness in (("sender", "witness"), ("far-sender", "far-witness")):
             text = f"honest {self.count}"
             await self.clients[sender].send(type="say", text=text)
-            await self.clients[witness].expect("message", timeout=STEP_TIMEOUT, text=text)
+            # The sender reads too: a client that never reads is dropped as a slow consumer.
+            for client in (witness, sender):
+                await self.clients[client].expect("message", timeout=STEP_TIMEOUT, text=text)
         await self.plain_sees(f"honest {self.count}")
         assert (await self.http.get("/healthz")).status_code == 200
         log = self.relay.stderr_text()
