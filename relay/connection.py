@@ -17,6 +17,7 @@ from typing import Any
 
 from relay.core import Client, Outgoing
 from relay.direct import DirectSocket, Flusher, text_frame
+from shared import protocol as p
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
@@ -97,6 +98,11 @@ class Connection(Client):
             self._drop_queue()
         else:
             self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    def fail(self) -> None:
+        self._marked = False
+        self._drop_queue()
+        self.close(p.CLOSE_INTERNAL_ERROR, "internal error", flush=False)
 
     def preload(self, events: list[Outgoing]) -> None:
         # The budget grows by the preload until the writer has sent it all (queue empty).

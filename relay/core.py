@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,6 +26,8 @@ from relay.store import Store
 from relay.tokens import TokenSigner, new_subject
 from shared import protocol as p
 from shared.protocol import Event
+
+log = logging.getLogger("relay.core")
 
 CID_MAX = 64
 CID_TTL = 300.0
@@ -694,16 +697,36 @@ class Hub:
     # -- delivery -------------------------------------------------------------------------------
 
     def _fanout(self, room: Room, event: Outgoing) -> None:
-        behind = [client for client in room.clients if not client.deliver(event)]
-        self.metrics.messages_out += len(room.clients) - len(behind)
-        self._drop_slow(behind)
+        members = len(room.clients)
+        self.metrics.messages_out += members - self._deliver_all(room.clients, event)
 
-    def _deliver_all(self, clients: set[Client], event: Outgoing) -> None:
-        self._drop_slow([client for client in clients if not client.deliver(event)])
+    def _deliver_all(self, clients: Iterable[Client], event: Outgoing) -> int:
+        """Queue `event` to each client; the number that could not take it (dropped)."""
+        behind: list[Client] = []
+        broken: list[Client] = []
+        for client in clients:
+            # One client that fails (a bug, an event it cannot encode) must not cost the
+            # others their copy; the try costs nothing until something raises.
+            try:
+                if not client.deliver(event):
+                    behind.append(client)
+            except Exception as error:
+                log.error("delivery failed, closing that connection: %r", error)
+                broken.append(client)
+        if broken:
+            self._drop_broken(broken)
+        if behind:
+            self._drop_slow(behind)
+        return len(behind) + len(broken)
 
     def _send(self, client: Client, event: Outgoing) -> None:
-        if not client.deliver(event):
-            self._drop_slow([client])
+        self._deliver_all((client,), event)
+
+    def _drop_broken(self, clients: list[Client]) -> None:
+        for client in clients:
+            self.metrics.internal_errors += 1
+            self.leave(client)
+            client.close(p.CLOSE_INTERNAL_ERROR, "internal error", flush=False)
 
     def _drop_slow(self, clients: list[Client]) -> None:
         for client in clients:

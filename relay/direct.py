@@ -10,10 +10,13 @@ With any other server or protocol implementation the relay keeps using plain ASG
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+log = logging.getLogger("relay.direct")
 
 _TEXT = 0x81  # FIN + text opcode; server frames are never masked (RFC 6455 5.1)
 
@@ -63,6 +66,9 @@ class DirectSocket:
 class Flushable(Protocol):
     def flush(self) -> None: ...
 
+    def fail(self) -> None:
+        """Give up on this connection after an unexpected error: close it, drop its queue."""
+
 
 class Flusher:
     """Collects the connections that got events during one loop pass and writes them at its end.
@@ -83,4 +89,10 @@ class Flusher:
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
         for connection in pending:
-            connection.flush()
+            # All connections marked in a pass share this loop: one that fails must not leave
+            # the others unwritten (and never marked again, since they still look marked).
+            try:
+                connection.flush()
+            except Exception as error:
+                log.error("flush failed, closing that connection: %r", error)
+                connection.fail()

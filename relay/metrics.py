@@ -17,6 +17,7 @@ class Metrics:
         self.dms = 0
         self.slow_consumers = 0
         self.floods = 0
+        self.internal_errors = 0
         self.errors: Counter[str] = Counter()
 
     def render(self, connections: int, rooms: int, users: int) -> str:
@@ -35,6 +36,12 @@ class Metrics:
                 self.slow_consumers,
             ),
             ("chat_floods_total", "counter", "Connections closed for flooding.", self.floods),
+            (
+                "chat_internal_errors_total",
+                "counter",
+                "Connections closed with 1011 because delivering to them failed.",
+                self.internal_errors,
+            ),
         ]
         lines: list[str] = []
         for name, kind, help_text, value in rows:

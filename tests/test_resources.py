@@ -1,0 +1,85 @@
+"""What one client may cost the relay: failures kept to one connection, floods, caps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import MutableMapping
+from typing import Any
+
+from relay.connection import Connection
+from relay.core import Client, Hub, Limits, Outgoing
+from relay.direct import Flusher
+from relay.store import MemoryStore
+from relay.tokens import TokenSigner
+from tests.test_core import Recorder
+
+
+class Broken(Client):
+    """A client whose delivery raises, as a bug or an unencodable event would."""
+
+    def __init__(self) -> None:
+        super().__init__(True)
+        self.closed: tuple[int, str, bool] | None = None
+
+    def deliver(self, event: Outgoing) -> bool:
+        if event.data["type"] != "message":
+            return True
+        raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+
+    def close(self, code: int, reason: str, flush: bool) -> None:
+        self.closed = (code, reason, flush)
+
+
+def test_failing_delivery_does_not_stop_fanout() -> None:
+    hub = Hub(MemoryStore(100), TokenSigner(b"test-secret"), Limits(rate=0.0))
+    first, broken, last = Recorder(), Broken(), Recorder()
+    hub.join(first, "r")
+    hub.join(broken, "r")
+    hub.join(last, "r")
+    hub.receive(first, '{"type": "say", "text": "still delivered"}')
+    for client in (first, last):
+        assert [event["text"] for event in client.of("message")] == ["still delivered"]
+    assert broken.closed == (1011, "internal error", False)
+    assert broken not in hub.clients and hub.metrics.internal_errors == 1
+    hub.receive(last, '{"type": "say", "text": "and after"}')
+    assert first.of("message")[-1]["text"] == "and after"
+
+
+class Sends:
+    """An ASGI `send` that keeps what it is given and says when a close went out."""
+
+    def __init__(self) -> None:
+        self.messages: list[MutableMapping[str, Any]] = []
+        self.closed = asyncio.Event()
+
+    async def __call__(self, message: MutableMapping[str, Any]) -> None:
+        self.messages.append(message)
+        if message["type"] == "websocket.close":
+            self.closed.set()
+
+
+class Flushed(Connection):
+    __slots__ = ("done",)
+
+    def __init__(self, send: Sends, flusher: Flusher, explode: bool) -> None:
+        super().__init__(send, True, 1 << 20, flusher)
+        self.done = asyncio.Event() if not explode else None
+
+    def flush(self) -> None:
+        if self.done is None:
+            raise RuntimeError("boom")
+        self.done.set()
+
+
+async def test_failing_flush_does_not_stop_other_flushes() -> None:
+    flusher = Flusher()
+    sends = [Sends() for _ in range(3)]
+    connections = [Flushed(send, flusher, explode=index == 1) for index, send in enumerate(sends)]
+    for connection in connections:
+        flusher.mark(connection)
+    for connection in (connections[0], connections[2]):
+        assert connection.done is not None
+        await asyncio.wait_for(connection.done.wait(), 5)
+    await asyncio.wait_for(sends[1].closed.wait(), 5)
+    assert sends[1].messages[-1]["code"] == 1011
+    assert not sends[0].closed.is_set() and not sends[2].closed.is_set()
