@@ -22,7 +22,9 @@ class Metrics:
 
     def render(self, connections: int, rooms: int, users: int) -> str:
         rows = [
-            ("chat_connections", "gauge", "Open WebSocket connections.", connections),
+            # Not `chat_connections`: Prometheus clients treat a counter `X_total` as family `X`,
+            # so that gauge would collide with `chat_connections_total`.
+            ("chat_connections_open", "gauge", "Open WebSocket connections.", connections),
             ("chat_rooms", "gauge", "Rooms with at least one member.", rooms),
             ("chat_users", "gauge", "Connected users (one per identity).", users),
             ("chat_connections_total", "counter", "Connections accepted.", self.connections_total),

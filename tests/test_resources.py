@@ -6,11 +6,14 @@ import asyncio
 from collections.abc import MutableMapping
 from typing import Any
 
+import httpx
+
 from relay.connection import Connection
 from relay.core import Client, Hub, Limits, Outgoing
 from relay.direct import Flusher
 from relay.store import MemoryStore
 from relay.tokens import TokenSigner
+from tests.relayproc import RelayProcess
 from tests.test_core import Recorder
 
 
@@ -83,3 +86,17 @@ async def test_failing_flush_does_not_stop_other_flushes() -> None:
     await asyncio.wait_for(sends[1].closed.wait(), 5)
     assert sends[1].messages[-1]["code"] == 1011
     assert not sends[0].closed.is_set() and not sends[2].closed.is_set()
+
+
+async def test_metric_families_do_not_collide(relay: RelayProcess) -> None:
+    """A counter `X_total` is family `X` to Prometheus clients: no other family may be `X`."""
+    async with httpx.AsyncClient(base_url=relay.http) as http:
+        body = (await http.get("/metrics")).text
+    families: dict[str, str] = {}
+    for line in body.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            families[name] = kind
+    bases = [name.removesuffix("_total") for name, kind in families.items() if kind == "counter"]
+    assert len(bases) == len(set(bases))
+    assert not set(bases) & {name for name, kind in families.items() if kind != "counter"}
