@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         ("db", str, None, "SQLite database (default: STATE_DIR/chat.db; :memory: keeps none)"),
         ("retain-messages", int, 0, "messages the database keeps per room (0: no cap)"),
         ("retain-days", float, 0.0, "days the database keeps a message (0: no limit)"),
+        ("ws-ping-interval", float, 20.0, "seconds between keepalive pings (0: none)"),
+        ("ws-ping-timeout", float, 20.0, "seconds to wait for a pong before closing 1011"),
         ("log-level", str, "info", "critical, error, warning, info or debug"),
         ("ws", str, "websockets-sansio", "uvicorn WebSocket implementation"),
     ]
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         ws=args.ws,
         ws_max_size=limits.max_frame_bytes,
         ws_per_message_deflate=False,
+        ws_ping_interval=args.ws_ping_interval or None,
+        ws_ping_timeout=args.ws_ping_timeout or None,
         lifespan="off",
         log_level=args.log_level,
         access_log=False,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import httpx
@@ -13,6 +13,7 @@ from relay.core import Client, Hub, Limits, Outgoing
 from relay.direct import Flusher
 from relay.store import MemoryStore
 from relay.tokens import TokenSigner
+from tests import rawws
 from tests.relayproc import RelayProcess
 from tests.test_core import Recorder
 
@@ -100,3 +101,13 @@ async def test_metric_families_do_not_collide(relay: RelayProcess) -> None:
     bases = [name.removesuffix("_total") for name, kind in families.items() if kind == "counter"]
     assert len(bases) == len(set(bases))
     assert not set(bases) & {name for name, kind in families.items() if kind != "counter"}
+
+
+async def test_keepalive_flags_close_a_silent_peer_with_1011(
+    relay_factory: Callable[..., RelayProcess],
+) -> None:
+    relay = relay_factory("--ws-ping-interval", "0.2", "--ws-ping-timeout", "0.3")
+    reader, writer = await rawws.connect(relay.port, "/chat/keepalive")
+    # The peer never answers the relay's ping, as one that vanished without closing would not.
+    assert await rawws.close_code(reader) == 1011
+    writer.close()
