@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from starlette.applications import Starlette
@@ -18,6 +19,8 @@ from relay.connection import Connection
 from relay.core import Hub, PostError
 from relay.direct import Flusher
 from shared import protocol as p
+
+log = logging.getLogger("relay.app")
 
 _POST_STATUS = {p.NAME_TAKEN: 409, p.TOO_LARGE: 413}
 
@@ -49,6 +52,12 @@ class ChatEndpoint:
             return
         limit = self.hub.limits.send_queue_bytes
         connection = Connection(send, json_mode, limit, self.flusher)
+        path = "direct" if connection.direct else "asgi"
+        if path != self.hub.metrics.write_path:
+            log.warning(
+                "write path is %s, not %s as expected at start", path, self.hub.metrics.write_path
+            )
+            self.hub.metrics.write_path = path
         try:
             self.hub.join(connection, room, **params)
             while True:

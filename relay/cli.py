@@ -10,9 +10,12 @@ from importlib.metadata import version
 from pathlib import Path
 
 import uvicorn
+from uvicorn.config import WS_PROTOCOLS
+from uvicorn.importer import import_from_string
 
 from relay.app import create_app, drain
 from relay.core import Hub, Limits
+from relay.direct import write_path
 from relay.sqlite_store import SQLiteStore
 from relay.store import MemoryStore, Store
 from relay.tokens import TokenSigner, load_secret
@@ -93,11 +96,15 @@ def main(argv: list[str] | None = None) -> None:
     signer = TokenSigner(load_secret(args.secret, args.state_dir))
     store = _store(args, limits.history)
     hub = Hub(store, signer, limits)
+    ws_protocol = import_from_string(WS_PROTOCOLS.get(args.ws, args.ws))
+    # uvicorn's trace level wraps every `send` in a logger, hiding the protocol behind it.
+    hub.metrics.write_path = write_path(ws_protocol, send_wrapped=args.log_level == "trace")
+    print(f"write path: {hub.metrics.write_path}", flush=True)
     config = uvicorn.Config(
         create_app(hub),
         host=args.host,
         port=args.port,
-        ws=args.ws,
+        ws=ws_protocol,
         ws_max_size=limits.max_frame_bytes,
         ws_per_message_deflate=False,
         ws_ping_interval=args.ws_ping_interval or None,

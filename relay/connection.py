@@ -63,6 +63,11 @@ class Connection(Client):
         self._closing: tuple[int, str] | None = None
         self._writer: asyncio.Task[None] | None = None
 
+    @property
+    def direct(self) -> bool:
+        """Whether frames go straight to the transport (relay/direct.py), not through `send`."""
+        return self._direct is not None
+
     def deliver(self, event: Outgoing) -> bool:
         if self._closing is not None:
             return True

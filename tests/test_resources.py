@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+import websockets
 
 from relay.connection import Connection
 from relay.core import Client, Hub, Limits, Outgoing
@@ -14,7 +18,7 @@ from relay.direct import Flusher
 from relay.store import MemoryStore
 from relay.tokens import TokenSigner
 from tests import rawws
-from tests.relayproc import RelayProcess
+from tests.relayproc import JsonClient, RelayProcess, metric
 from tests.test_core import Recorder
 
 
@@ -111,3 +115,48 @@ async def test_keepalive_flags_close_a_silent_peer_with_1011(
     # The peer never answers the relay's ping, as one that vanished without closing would not.
     assert await rawws.close_code(reader) == 1011
     writer.close()
+
+
+async def write_path_works(relay: RelayProcess, room: str) -> str:
+    """Messages flow on both protocols; the write path /metrics reports."""
+    alice = await JsonClient.connect(relay.url(room))
+    async with websockets.connect(relay.url(room)) as plain:
+        await asyncio.wait_for(plain.recv(), 5)  # its own join
+        await alice.send(type="say", text="over this path")
+        await alice.expect("message", text="over this path")
+        line = await asyncio.wait_for(plain.recv(), 5)
+        assert line == f"{alice.welcome['you']} :: over this path"
+        await plain.send("plain too")
+        await alice.expect("message", text="plain too")
+    await alice.close()
+    async with httpx.AsyncClient(base_url=relay.http) as http:
+        body = (await http.get("/metrics")).text
+    paths = [
+        path for path in ("direct", "asgi") if metric(body, f'chat_write_path{{path="{path}"}}')
+    ]
+    assert len(paths) == 1, body
+    return paths[0]
+
+
+async def test_write_path_direct_by_default(relay: RelayProcess, room: str) -> None:
+    assert await write_path_works(relay, room) == "direct"
+
+
+@pytest.mark.parametrize("way", ["websockets", "trace", "no-sansio-module"])
+async def test_write_path_falls_back_to_asgi_sends(
+    relay_factory: Callable[..., RelayProcess], tmp_path: Path, way: str
+) -> None:
+    env: dict[str, str] = {}
+    args = ["--ws", "websockets"]
+    if way == "trace":
+        args = ["--log-level", "trace"]
+    elif way == "no-sansio-module":
+        # As if a uvicorn release had moved the private module relay/direct.py looks for.
+        (tmp_path / "sitecustomize.py").write_text(
+            "import sys\n"
+            "sys.modules['uvicorn.protocols.websockets.websockets_sansio_impl'] = None\n"
+        )
+        env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    relay = relay_factory(*args, env=env)
+    assert await write_path_works(relay, "fallback") == "asgi"
+    assert "Traceback" not in relay.stderr_text()
