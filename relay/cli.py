@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import socket
@@ -21,7 +22,9 @@ from relay.store import MemoryStore, Store
 from relay.tokens import TokenSigner, load_secret
 from shared.xdg import state_home
 
+# The whole shutdown, whatever clients do; the last CUT_SECONDS of it follow the hard cut.
 DRAIN_SECONDS = 5.0
+CUT_SECONDS = 0.5
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,9 +79,18 @@ class RelayServer(uvicorn.Server):
                 print(f"chat relay on ws://{host}:{port}/chat/{{room}}", flush=True)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_SECONDS
         for server in self.servers:
             server.close()
-        await drain(self.hub, DRAIN_SECONDS)
+        await drain(self.hub, DRAIN_SECONDS - CUT_SECONDS)
+        # A peer that stopped reading holds its transport open (queued frames, close frame
+        # behind them) for as long as it likes: past the drain, cut whatever is left.
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.abort()
+        self.config.timeout_graceful_shutdown = max(0.1, deadline - loop.time())
         await super().shutdown(sockets)
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import socket
+import time
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ import httpx
 import pytest
 import websockets
 
+from relay.cli import DRAIN_SECONDS
 from relay.connection import Connection
 from relay.core import Client, Hub, Limits, Outgoing
 from relay.direct import Flusher
@@ -160,3 +164,24 @@ async def test_write_path_falls_back_to_asgi_sends(
     relay = relay_factory(*args, env=env)
     assert await write_path_works(relay, "fallback") == "asgi"
     assert "Traceback" not in relay.stderr_text()
+
+
+async def test_sigterm_exits_within_drain_deadline_despite_stalled_reader(
+    relay_factory: Callable[..., RelayProcess],
+) -> None:
+    relay = relay_factory("--rate", "0", "--send-queue-bytes", str(64 << 20))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", relay.port))
+    sock.sendall(rawws.upgrade("/chat/stalled"))
+    # Never read again: what the relay sends piles up in its transport, close frame included.
+    sender = await JsonClient.connect(relay.url("stalled"))
+    count, text = 8000, "s" * 1000
+    for i in range(1, count + 1):
+        await sender.send(type="say", text=f"{i} {text}")
+    await sender.expect("message", seq=count, timeout=30)
+    started = time.monotonic()
+    relay.proc.send_signal(signal.SIGTERM)
+    assert relay.proc.wait(15) == 0
+    assert time.monotonic() - started < DRAIN_SECONDS + 1.0
+    sock.close()
