@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import signal
 import socket
 from importlib.metadata import version
 from pathlib import Path
+from types import ModuleType
+from typing import Literal
 
 import uvicorn
 from uvicorn.config import WS_PROTOCOLS
@@ -22,9 +25,17 @@ from relay.store import MemoryStore, Store
 from relay.tokens import TokenSigner, load_secret
 from shared.xdg import state_home
 
+guarded: ModuleType | None
+try:
+    from relay import guard as guarded
+except ImportError:  # a uvicorn without the protocol classes relay/guard.py extends
+    guarded = None
+
 # The whole shutdown, whatever clients do; the last CUT_SECONDS of it follow the hard cut.
 DRAIN_SECONDS = 5.0
 CUT_SECONDS = 0.5
+# Descriptors kept for what is not a client socket: listening sockets, the database, logs.
+FD_RESERVE = 64
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
         ("db", str, None, "SQLite database (default: STATE_DIR/chat.db; :memory: keeps none)"),
         ("retain-messages", int, 0, "messages the database keeps per room (0: no cap)"),
         ("retain-days", float, 0.0, "days the database keeps a message (0: no limit)"),
+        ("max-connections", int, 0, "open sockets at most (0: what the fd limit allows)"),
+        ("max-connections-per-address", int, 256, "open sockets per client address (0: no cap)"),
+        ("handshake-timeout", float, 10.0, "seconds a request or handshake may take to arrive"),
         ("ws-ping-interval", float, 20.0, "seconds between keepalive pings (0: none)"),
         ("ws-ping-timeout", float, 20.0, "seconds to wait for a pong before closing 1011"),
         ("log-level", str, "info", "critical, error, warning, info or debug"),
@@ -112,10 +126,25 @@ def main(argv: list[str] | None = None) -> None:
     # uvicorn's trace level wraps every `send` in a logger, hiding the protocol behind it.
     hub.metrics.write_path = write_path(ws_protocol, send_wrapped=args.log_level == "trace")
     print(f"write path: {hub.metrics.write_path}", flush=True)
+    http_protocol: type[asyncio.Protocol] | Literal["httptools"] = "httptools"
+    capacity = _capacity(args.max_connections)
+    if guarded is None:
+        print("connection guard off: uvicorn's protocol classes were not found", flush=True)
+    else:
+        guard = guarded.Guard(
+            hub.metrics,
+            max_connections=capacity,
+            max_per_address=args.max_connections_per_address,
+            handshake_timeout=args.handshake_timeout,
+            max_body_bytes=limits.max_frame_bytes,
+            control_budget=limits.send_queue_bytes,
+        )
+        http_protocol, ws_protocol = guarded.protocols(guard, ws_protocol)
     config = uvicorn.Config(
         create_app(hub),
         host=args.host,
         port=args.port,
+        http=http_protocol,
         ws=ws_protocol,
         ws_max_size=limits.max_frame_bytes,
         ws_per_message_deflate=False,
@@ -134,6 +163,26 @@ def main(argv: list[str] | None = None) -> None:
         RelayServer(config, hub).run()
     finally:
         store.close()
+
+
+def _capacity(max_connections: int) -> int:
+    """Raise the soft file-descriptor limit to the hard one; the connections that leaves room for.
+
+    Every socket is a descriptor, and the common soft default of 1,024 would let a thousand
+    idle sockets lock everyone else out long before the machine is busy.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    room = max(16, soft - FD_RESERVE)
+    capacity = min(max_connections, room) if max_connections > 0 else room
+    print(f"file descriptors: {soft}; connections held at most: {capacity}", flush=True)
+    return capacity
 
 
 def _store(args: argparse.Namespace, history: int) -> Store:

@@ -18,6 +18,12 @@ class Metrics:
         self.slow_consumers = 0
         self.floods = 0
         self.internal_errors = 0
+        # relay/guard.py: sockets refused or cut before or beneath the chat.
+        self.refused: Counter[str] = Counter()
+        self.handshake_timeouts = 0
+        self.oversized_heads = 0
+        self.bodies_too_large = 0
+        self.ping_floods = 0
         # "direct" (frames written straight to uvicorn's transport) or "asgi" (one send each).
         self.write_path = "asgi"
         self.errors: Counter[str] = Counter()
@@ -46,10 +52,43 @@ class Metrics:
                 "Connections closed with 1011 because delivering to them failed.",
                 self.internal_errors,
             ),
+            (
+                "chat_handshake_timeouts_total",
+                "counter",
+                "Sockets closed because a request or handshake did not arrive in time.",
+                self.handshake_timeouts,
+            ),
+            (
+                "chat_oversized_heads_total",
+                "counter",
+                "Requests refused with 414 or 431 (request line or headers over 8 KiB).",
+                self.oversized_heads,
+            ),
+            (
+                "chat_bodies_too_large_total",
+                "counter",
+                "Requests refused with 413 while their body was still arriving.",
+                self.bodies_too_large,
+            ),
+            (
+                "chat_ping_floods_total",
+                "counter",
+                "Connections cut for sending pings without reading the pongs.",
+                self.ping_floods,
+            ),
         ]
         lines: list[str] = []
         for name, kind, help_text, value in rows:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        lines += [
+            "# HELP chat_refused_connections_total Sockets refused with 503, by reason"
+            " (capacity: --max-connections; address: --max-connections-per-address).",
+            "# TYPE chat_refused_connections_total counter",
+        ]
+        for reason in ("address", "capacity"):
+            lines.append(
+                f'chat_refused_connections_total{{reason="{reason}"}} {self.refused[reason]}'
+            )
         lines += [
             "# HELP chat_write_path How frames reach sockets: direct (one transport write per"
             " pass) or asgi (one ASGI send per frame, about a third of the throughput).",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import resource
 import signal
 import socket
 import time
@@ -22,7 +24,7 @@ from relay.direct import Flusher
 from relay.store import MemoryStore
 from relay.tokens import TokenSigner
 from tests import rawws
-from tests.relayproc import JsonClient, RelayProcess, metric
+from tests.relayproc import JsonClient, RelayProcess, eventually, metric
 from tests.test_core import Recorder
 
 
@@ -185,3 +187,132 @@ async def test_sigterm_exits_within_drain_deadline_despite_stalled_reader(
     assert relay.proc.wait(15) == 0
     assert time.monotonic() - started < DRAIN_SECONDS + 1.0
     sock.close()
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def answer(reader: asyncio.StreamReader, timeout: float = 5.0) -> bytes:
+    """Everything the relay sends until it closes the socket."""
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        async with asyncio.timeout(timeout):
+            while chunk := await reader.read(65536):
+                data += chunk
+    return data
+
+
+async def test_silent_socket_closed_at_handshake_deadline(
+    relay_factory: Callable[..., RelayProcess],
+) -> None:
+    relay = relay_factory("--handshake-timeout", "0.5")
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    assert (await answer(reader)).startswith(b"HTTP/1.1 408 ")
+    writer.close()
+    async with httpx.AsyncClient(base_url=relay.http) as http:
+        body = (await http.get("/metrics")).text
+    assert metric(body, "chat_handshake_timeouts_total") == 1
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/chat/slow"])
+async def test_slowloris_head_closed_at_handshake_deadline(
+    relay_factory: Callable[..., RelayProcess], path: str
+) -> None:
+    relay = relay_factory("--handshake-timeout", "0.5")
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    head = rawws.upgrade(path)
+    got = b""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    # One byte of the head every 50 ms: it would take 10 s to finish.
+    for byte in head[:-4]:
+        writer.write(bytes((byte,)))
+        with contextlib.suppress(TimeoutError):
+            got = await asyncio.wait_for(reader.read(65536), 0.05)
+            break
+    assert loop.time() - started < 3
+    assert got.startswith(b"HTTP/1.1 408 ")
+    await answer(reader)  # returns once the relay closed the socket
+    writer.close()
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/chat/big"])
+@pytest.mark.parametrize(("where", "status"), [("line", b"414"), ("headers", b"431")])
+async def test_oversized_head_answered_and_closed(
+    relay: RelayProcess, path: str, where: str, status: bytes
+) -> None:
+    filler = "a" * 9000
+    head = rawws.upgrade(path + "?x=" + filler if where == "line" else path)
+    if where == "headers":
+        head = head.replace(b"\r\n\r\n", f"\r\nX-Filler: {filler}\r\n\r\n".encode())
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(head)
+    got = await answer(reader)  # returns only once the relay closed the socket
+    assert got.startswith(b"HTTP/1.1 " + status + b" "), got[:80]
+    writer.close()
+
+
+async def test_connections_capped_per_address(relay_factory: Callable[..., RelayProcess]) -> None:
+    relay = relay_factory("--max-connections-per-address", "3")
+    held = [await JsonClient.connect(relay.url("capped")) for _ in range(3)]
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await JsonClient.connect(relay.url("capped"))
+    assert refused.value.response.status_code == 503
+    await held.pop().close()
+
+    async def admitted() -> JsonClient | None:
+        with contextlib.suppress(websockets.InvalidStatus):
+            return await JsonClient.connect(relay.url("capped"))
+        return None
+
+    held.append(await eventually(admitted))
+    await held.pop().close()
+
+    async def counted() -> float | None:
+        async with httpx.AsyncClient(base_url=relay.http) as http:
+            response = await http.get("/metrics")
+        found = metric(response.text, 'chat_refused_connections_total{reason="address"}')
+        return found if response.status_code == 200 else None
+
+    assert await eventually(counted) >= 1
+    for client in held:
+        await client.close()
+
+
+async def test_connections_capped_in_total(relay_factory: Callable[..., RelayProcess]) -> None:
+    relay = relay_factory("--max-connections", "2", "--max-connections-per-address", "0")
+    held = [await JsonClient.connect(relay.url("total")) for _ in range(2)]
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await JsonClient.connect(relay.url("total"))
+    assert refused.value.response.status_code == 503
+    async with httpx.AsyncClient(base_url=relay.http) as http:
+        assert (await http.get("/healthz")).status_code == 503
+    await held.pop().close()
+
+    async def counted() -> float | None:
+        async with httpx.AsyncClient(base_url=relay.http) as http:
+            response = await http.get("/metrics")
+        found = metric(response.text, 'chat_refused_connections_total{reason="capacity"}')
+        return found if response.status_code == 200 else None
+
+    assert await eventually(counted) >= 2
+    await held.pop().close()
+
+
+def test_file_descriptor_limit_raised_to_hard(relay_factory: Callable[..., RelayProcess]) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = 256 if hard == resource.RLIM_INFINITY else min(256, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        relay = relay_factory()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    limits = Path(f"/proc/{relay.proc.pid}/limits").read_text()
+    row = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+    relay_soft, relay_hard = row.split()[3:5]
+    assert relay_soft == relay_hard
