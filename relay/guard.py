@@ -230,6 +230,8 @@ def _pong_budget(base: type[asyncio.Protocol], guard: Guard) -> dict[str, Any]:
 
     def handle_ping(self: Any) -> None:
         output = b"".join(self.conn.data_to_send())
+        if self.transport.is_closing():
+            return  # cut already: the rest of what arrived with the last read goes unanswered
         if not self.writable.is_set():
             self.pongs_owed = getattr(self, "pongs_owed", 0) + len(output)
             if self.pongs_owed > guard.control_budget:

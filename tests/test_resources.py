@@ -316,3 +316,70 @@ def test_file_descriptor_limit_raised_to_hard(relay_factory: Callable[..., Relay
     row = next(line for line in limits.splitlines() if line.startswith("Max open files"))
     relay_soft, relay_hard = row.split()[3:5]
     assert relay_soft == relay_hard
+
+
+async def test_declared_large_body_refused_before_it_is_sent(relay: RelayProcess) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(
+        b"POST /rooms/big/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 200000000\r\n\r\n"
+    )
+    got = await answer(reader)
+    assert got.startswith(b"HTTP/1.1 413 ") and b"too_large" in got
+    writer.close()
+
+
+async def test_streamed_large_body_cut_while_read(relay_factory: Callable[..., RelayProcess]):
+    relay = relay_factory()
+    before = rss_mib(relay.proc.pid)
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(
+        b"POST /rooms/big/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b"%x\r\n%s\r\n" % (65536, b" " * 65536)
+    response = asyncio.ensure_future(answer(reader, timeout=30))
+    sent = 0
+    # Up to 200 MB, 64 KiB at a time, until the relay answers or stops taking it.
+    with contextlib.suppress(ConnectionError):
+        while sent < 200 << 20 and not response.done():
+            writer.write(chunk)
+            await writer.drain()
+            sent += len(chunk)
+    got = await response
+    assert sent < 32 << 20, "the relay kept reading the body"
+    assert got == b"" or got.startswith(b"HTTP/1.1 413 ")
+    assert rss_mib(relay.proc.pid) - before < 20
+    writer.close()
+
+
+async def test_ping_flood_without_reading_is_cut(relay_factory: Callable[..., RelayProcess]):
+    relay = relay_factory()
+    before = rss_mib(relay.proc.pid)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", relay.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(rawws.upgrade("/chat/pings"))
+    await reader.readuntil(b"\r\n\r\n")
+    witness = await JsonClient.connect(relay.url("pings"))
+    # Legal 125-byte pings, a thousand at a time, and never a byte read: up to 100 MB of pongs.
+    batch = rawws.frame(0x9, b"p" * 125) * 1000
+    sent, cut = 0, False
+    try:
+        while sent < 100 << 20:
+            writer.write(batch)
+            await asyncio.wait_for(writer.drain(), 10)
+            sent += len(batch)
+    except ConnectionError:
+        cut = True
+    assert cut, "the relay kept answering pings nobody read"
+    assert rss_mib(relay.proc.pid) - before < 30
+    await witness.send(type="say", text="still here")
+    await witness.expect("message", text="still here")
+    async with httpx.AsyncClient(base_url=relay.http) as http:
+        body = (await http.get("/metrics")).text
+    assert metric(body, "chat_ping_floods_total") == 1
+    await witness.close()
+    writer.close()
