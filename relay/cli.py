@@ -55,8 +55,10 @@ def _parser() -> argparse.ArgumentParser:
         ("backlog", int, defaults.backlog, "messages replayed on join by default"),
         ("max-message-bytes", int, defaults.max_message_bytes, "largest message text"),
         ("max-frame-bytes", int, defaults.max_frame_bytes, "hard cap per frame (close 1009)"),
-        ("rate", float, defaults.rate, "messages per second per connection (0: unlimited)"),
-        ("burst", int, defaults.burst, "messages a connection may send at once"),
+        ("rate", float, defaults.rate, "messages per second per identity (0: unlimited)"),
+        ("burst", int, defaults.burst, "messages an identity may send at once"),
+        ("address-rate", float, None, "frames and posts per second per address (default 10x rate)"),
+        ("address-burst", int, None, "burst per client address (default: 10x burst)"),
         ("send-queue-bytes", int, defaults.send_queue_bytes, "per-connection queue budget"),
         ("secret", str, None, "token signing secret (default: generated, kept in state dir)"),
         ("state-dir", Path, state_home("chat-relay"), "where the relay keeps its state"),
@@ -118,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         backlog=args.backlog,
         max_frame_bytes=args.max_frame_bytes,
         send_queue_bytes=args.send_queue_bytes,
+        address_rate=args.address_rate,
+        address_burst=args.address_burst,
     )
     signer = TokenSigner(load_secret(args.secret, args.state_dir))
     store = _store(args, limits.history)

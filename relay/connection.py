@@ -49,8 +49,10 @@ class Connection(Client):
         "_writer",
     )
 
-    def __init__(self, send: Send, json: bool, queue_limit: int, flusher: Flusher) -> None:
-        super().__init__(json)
+    def __init__(
+        self, send: Send, json: bool, queue_limit: int, flusher: Flusher, address: str = ""
+    ) -> None:
+        super().__init__(json, address)
         self._send = send
         self._direct = DirectSocket.behind(send)
         self._flusher = flusher

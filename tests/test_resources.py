@@ -24,7 +24,7 @@ from relay.direct import Flusher
 from relay.store import MemoryStore
 from relay.tokens import TokenSigner
 from tests import rawws
-from tests.relayproc import JsonClient, RelayProcess, eventually, metric
+from tests.relayproc import JsonClient, RelayProcess, closed, eventually, metric
 from tests.test_core import Recorder
 
 
@@ -383,3 +383,83 @@ async def test_ping_flood_without_reading_is_cut(relay_factory: Callable[..., Re
     assert metric(body, "chat_ping_floods_total") == 1
     await witness.close()
     writer.close()
+
+
+async def next_answer(client: JsonClient, mine: str) -> dict[str, Any]:
+    """The echo of the client's own message (cid starting with `mine`) or its error."""
+    while True:
+        event = await client.next()
+        if event["type"] == "error" or event.get("cid", "").startswith(mine):
+            return event
+
+
+async def accepted_of(clients: list[JsonClient], tries: int) -> int:
+    """Each client says `tries` messages at once; how many the relay accepted in all."""
+    for index, client in enumerate(clients):
+        for i in range(tries):
+            await client.send(type="say", text=f"{index}.{i}", cid=f"{index}.{i}")
+    answers = [
+        await next_answer(client, f"{index}.")
+        for index, client in enumerate(clients)
+        for _ in range(tries)
+    ]
+    assert all(a["type"] == "message" or a["code"] == "rate_limited" for a in answers), answers
+    return sum(answer["type"] == "message" for answer in answers)
+
+
+async def test_rate_is_per_identity_not_per_connection(
+    relay_factory: Callable[..., RelayProcess],
+) -> None:
+    relay = relay_factory("--rate", "0.1", "--burst", "4", "--address-rate", "0")
+    first = await JsonClient.connect(relay.url("one-token"))
+    token = first.welcome["token"]
+    clients = [first] + [
+        await JsonClient.connect(relay.url("one-token", f"token={token}")) for _ in range(4)
+    ]
+    # Five connections on one token, four messages each: the identity's burst of four in all.
+    assert await accepted_of(clients, 4) == 4
+    for client in clients:
+        await client.close()
+
+
+async def test_rate_is_per_address_too(relay_factory: Callable[..., RelayProcess]) -> None:
+    args = ("--rate", "100", "--burst", "100", "--address-rate", "0.1", "--address-burst", "6")
+    relay = relay_factory(*args)
+    clients = [await JsonClient.connect(relay.url("one-address")) for _ in range(3)]
+    # Three identities from 127.0.0.1, four messages each: the address's burst of six in all.
+    assert await accepted_of(clients, 4) == 6
+    async with httpx.AsyncClient(base_url=relay.http) as http:
+        post = await http.post("/rooms/one-address/messages", json={"from": "bot", "text": "x"})
+    assert post.status_code == 429 and post.json()["error"] == "rate_limited"
+    for client in clients:
+        await client.close()
+
+
+async def test_http_posts_are_rate_limited_per_address(
+    relay_factory: Callable[..., RelayProcess],
+) -> None:
+    relay = relay_factory("--rate", "0.1", "--burst", "1", "--address-burst", "5")
+    async with httpx.AsyncClient(base_url=relay.http) as http:
+        codes = [
+            (
+                await http.post("/rooms/posts/messages", json={"from": "bot", "text": f"{i}"})
+            ).status_code
+            for i in range(8)
+        ]
+    assert codes == [201] * 5 + [429] * 3
+
+
+async def test_read_flood_is_charged_and_closed(relay_factory: Callable[..., RelayProcess]):
+    relay = relay_factory("--rate", "1", "--burst", "5")
+    flooder = await JsonClient.connect(relay.url("reads"))
+    witness = await JsonClient.connect(relay.url("reads"))
+    padding = "x" * 60000
+    # Padded read markers: once exempt from the rate limit, now a fifth of a message each.
+    with contextlib.suppress(websockets.ConnectionClosed):
+        for _ in range(200):
+            await flooder.send(type="read", seq=0, pad=padding)
+    code, reason = await closed(flooder.ws)
+    assert code == 1008 and reason.startswith("flood")
+    await witness.send(type="say", text="unaffected")
+    await witness.expect("message", text="unaffected")
+    await witness.close()
