@@ -178,7 +178,7 @@ async def test_sigterm_exits_within_drain_deadline_despite_stalled_reader(
     sock.sendall(rawws.upgrade("/chat/stalled"))
     # Never read again: what the relay sends piles up in its transport, close frame included.
     sender = await JsonClient.connect(relay.url("stalled"))
-    count, text = 8000, "s" * 1000
+    count, text = 2500, "s" * 4000  # 10 MB: more than the kernel's buffers on loopback hold
     for i in range(1, count + 1):
         await sender.send(type="say", text=f"{i} {text}")
     await sender.expect("message", seq=count, timeout=30)
