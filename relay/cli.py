@@ -33,7 +33,7 @@ except ImportError:  # a uvicorn without the protocol classes relay/guard.py ext
 
 # The whole shutdown, whatever clients do; the last CUT_SECONDS of it follow the hard cut.
 DRAIN_SECONDS = 5.0
-CUT_SECONDS = 0.5
+CUT_SECONDS = 1
 # Descriptors kept for what is not a client socket: listening sockets, the database, logs.
 FD_RESERVE = 64
 
@@ -106,7 +106,7 @@ class RelayServer(uvicorn.Server):
             transport = getattr(connection, "transport", None)
             if isinstance(transport, asyncio.WriteTransport):
                 transport.abort()
-        self.config.timeout_graceful_shutdown = max(0.1, deadline - loop.time())
+        self.config.timeout_graceful_shutdown = max(1, int(deadline - loop.time()))
         await super().shutdown(sockets)
 
 
