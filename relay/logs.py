@@ -51,7 +51,14 @@ class LogScrubber(logging.Filter):
 
 
 def install() -> None:
-    """Scrub what uvicorn logs; call after uvicorn has set up its logging (uvicorn.Config)."""
+    """Scrub what uvicorn logs; call after uvicorn has set up its logging (uvicorn.Config).
+
+    uvicorn's loggers get the filter themselves (their records are made there); the relay's
+    own `relay.*` loggers have no handler of their own and end at the last-resort one.
+    """
     scrubber = LogScrubber()
     for name in ("uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
         logging.getLogger(name).addFilter(scrubber)
+    for handler in [*logging.getLogger().handlers, logging.lastResort]:
+        if handler is not None:
+            handler.addFilter(scrubber)
