@@ -12,7 +12,7 @@ from pathlib import Path
 import uvicorn
 
 from relay.app import create_app, drain
-from relay.core import Hub, Limits
+from relay.core import NAME_GRACE, Hub, Limits
 from relay.sqlite_store import SQLiteStore
 from relay.store import MemoryStore, Store
 from relay.tokens import TokenSigner, load_secret
@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         ("db", str, None, "SQLite database (default: STATE_DIR/chat.db; :memory: keeps none)"),
         ("retain-messages", int, 0, "messages the database keeps per room (0: no cap)"),
         ("retain-days", float, 0.0, "days the database keeps a message (0: no limit)"),
+        ("name-grace", float, NAME_GRACE, "seconds a name stays its offline identity's"),
         ("log-level", str, "info", "critical, error, warning, info or debug"),
         ("ws", str, "websockets-sansio", "uvicorn WebSocket implementation"),
     ]
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     signer = TokenSigner(load_secret(args.secret, args.state_dir))
     store = _store(args, limits.history)
-    hub = Hub(store, signer, limits)
+    hub = Hub(store, signer, limits, name_grace=args.name_grace)
     config = uvicorn.Config(
         create_app(hub),
         host=args.host,

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from coolname import generate_slug
 
 from relay.metrics import Metrics
+from relay.names import key, name_problem
 from relay.ratelimit import TokenBucket
 from relay.store import Store
 from relay.tokens import TokenSigner, new_subject
@@ -29,6 +30,8 @@ from shared.protocol import Event
 CID_MAX = 64
 CID_TTL = 300.0
 CID_KEEP = 256
+# How long an unregistered identity keeps its name after its last connection closes.
+NAME_GRACE = 30 * 86400.0
 
 # DM consent between two identities, kept in the store.
 PENDING = "pending"
@@ -146,11 +149,13 @@ class Hub:
         signer: TokenSigner,
         limits: Limits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        name_grace: float = NAME_GRACE,
     ) -> None:
         self.store = store
         self.signer = signer
         self.limits = limits or Limits()
         self.clock = clock
+        self.name_grace = name_grace
         self.metrics = Metrics()
         self.rooms: dict[str, Room] = {}
         self.clients: set[Client] = set()
@@ -158,6 +163,10 @@ class Hub:
         self._names: dict[str, User] = {}
         self._answering: dict[str, str] = {}
         self._parked_cids: dict[str, tuple[float, dict[str, tuple[float, Event]]]] = {}
+        # When identities that hold a name went offline, in that order; an identity not here
+        # is taken to have left when the relay started (names survive restarts for a grace).
+        self._left_at: dict[str, float] = {}
+        self._started = clock()
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(4)
 
@@ -247,7 +256,15 @@ class Hub:
             if user is not None:
                 return user
             name = self.store.identity_name(subject) or token_name
-            if self._names.get(name.casefold()) is not None:
+            # Another identity may have taken the name (after the grace period) while this one
+            # was away: the store's name→identity row decides, so one name is one identity.
+            holder = self._names.get(key(name))
+            owner = self.store.subject_of(name)
+            if (
+                name_problem(name) is not None
+                or (holder is not None and holder.subject != subject)
+                or owner not in (None, subject)
+            ):
                 name = self._fresh_name()
         else:
             subject, name = new_subject(), self._fresh_name()
@@ -255,16 +272,33 @@ class Hub:
         parked = self._parked_cids.pop(subject, None)
         if parked is not None:
             user.cids = parked[1]
+        self._left_at.pop(subject, None)
         self._users[subject] = user
-        self._names[name.casefold()] = user
+        self._names[key(name)] = user
         self.store.set_identity_name(subject, name)
         return user
 
     def _fresh_name(self) -> str:
+        """A random name nobody known to the store has, online or not."""
         while True:
             name = generate_slug(2)
-            if len(name) <= p.NAME_MAX and name.casefold() not in self._names:
+            fresh = name_problem(name) is None and key(name) not in self._names
+            if fresh and self.store.subject_of(name) is None:
                 return name
+
+    def _reserved_for_other(self, name: str, subject: str) -> bool:
+        """Whether `name` (or a look-alike) belongs to another identity than `subject`.
+
+        A name is its identity's while it is connected and for `name_grace` after; later
+        another identity may take it, and the old one gets a fresh name when it returns.
+        """
+        holder = self._names.get(key(name))
+        if holder is not None:
+            return holder.subject != subject
+        owner = self.store.subject_of(name)
+        if owner is None or owner == subject:
+            return False
+        return self.clock() - self._left_at.get(owner, self._started) < self.name_grace
 
     def leave(self, client: Client) -> None:
         """Forget `client`; the user leaves the room with its last connection there."""
@@ -292,12 +326,18 @@ class Hub:
         if user.clients:
             return
         self._users.pop(user.subject, None)
-        if self._names.get(user.name.casefold()) is user:
-            del self._names[user.name.casefold()]
+        if self._names.get(key(user.name)) is user:
+            del self._names[key(user.name)]
+        now = self.clock()
+        self._left_at[user.subject] = now
+        while self._left_at:
+            subject, left_at = next(iter(self._left_at.items()))
+            if now - left_at < self.name_grace:
+                break
+            del self._left_at[subject]
         # A client that lost its only connection retries with the same cids after it comes
         # back: keep them for the dedupe window. Parked in logout order, so expiry is a pop
         # from the front.
-        now = self.clock()
         if user.cids:
             self._parked_cids[user.subject] = (now, user.cids)
         while self._parked_cids:
@@ -428,19 +468,20 @@ class Hub:
         user = client.user
         assert user is not None
         new = _text(request, "name")
-        problem = p.name_error(new)
+        problem = name_problem(new)
         if problem is not None:
             self._error(client, p.BAD_NAME, problem)
             return
-        holder = self._names.get(new.casefold())
-        if holder is not None and holder is not user:
-            self._error(client, p.NAME_TAKEN, f"{new} is already taken")
+        if self._reserved_for_other(new, user.subject):
+            self._error(
+                client, p.NAME_TAKEN, f"{new} is already taken (or looks like a name that is)"
+            )
             return
         old = user.name
         if new == old:
             return
-        del self._names[old.casefold()]
-        self._names[new.casefold()] = user
+        del self._names[key(old)]
+        self._names[key(new)] = user
         user.name = new
         self.store.set_identity_name(user.subject, new)
         ts = p.now_rfc3339()
@@ -544,7 +585,7 @@ class Hub:
                 self.store.drop_dms(user.subject, requester)
 
     def _subject_of(self, name: str) -> str | None:
-        user = self._names.get(name.casefold())
+        user = self._names.get(key(name))
         return user.subject if user is not None else self.store.subject_of(name)
 
     def _name_of(self, subject: str) -> str:
@@ -617,7 +658,7 @@ class Hub:
         name = _text(request, "name")
         if not self._owns(client):
             return
-        target = self._names.get(name.casefold())
+        target = self._names.get(key(name))
         if target is None or target not in room.users:
             self._error(client, p.NO_SUCH_USER, f"nobody called {name} is in this room")
             return
@@ -670,18 +711,19 @@ class Hub:
         problem = p.room_error(room_name)
         if problem is not None:
             raise PostError(p.BAD_ROOM, problem)
-        problem = p.name_error(sender)
+        problem = name_problem(sender)
         if problem is not None:
             raise PostError(p.BAD_NAME, problem)
-        if sender.casefold() in self._names:
-            raise PostError(p.NAME_TAKEN, f"{sender} is a connected user's name")
+        # Any identity's name, online or not, or a look-alike of one: a script is not a user.
+        if key(sender) in self._names or self.store.subject_of(sender) is not None:
+            raise PostError(p.NAME_TAKEN, f"{sender} is a user's name (or looks like one)")
         text_problem = self._text_problem(text)
         if text_problem is not None:
             raise PostError(*text_problem)
         message = self._message(room_name, sender, text, via="http")
         room = self.rooms.get(room_name)
         if room is not None:
-            self._fanout(room, Outgoing(message, f"{sender} :: {text}"))
+            self._fanout(room, Outgoing(message, f"{sender} (via http) :: {text}"))
         return message
 
     # -- shutdown -------------------------------------------------------------------------------

@@ -57,12 +57,22 @@ def room_error(room: str) -> str | None:
 
 
 def name_error(name: str) -> str | None:
-    """Why `name` is not an acceptable user name, or None when it is."""
+    """Why `name` is not an acceptable user name, or None when it is.
+
+    Stricter than room names: ASCII only and a letter first, so no name can pass for another
+    in a different script, nor for a client's own notice lines (`--`, `*`, `!!`).
+    """
     if not 1 <= len(name) <= NAME_MAX:
         return f"name must be 1-{NAME_MAX} characters"
-    if not _valid_chars(name):
-        return "name may contain only letters, digits, '-', '_' and '.'"
+    if not (name.isascii() and name[0].isalpha() and _valid_chars(name)):
+        return "name must start with an ASCII letter; then letters, digits, '-', '_' and '.'"
     return None
+
+
+def sender_label(message: Event) -> str:
+    """Who a message is from, as clients show it: a post over HTTP has no identity behind it."""
+    sender = str(message.get("from", "?"))
+    return f"{sender} (via http)" if message.get("via") == "http" else sender
 
 
 def now_rfc3339() -> str:

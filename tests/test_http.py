@@ -88,7 +88,7 @@ async def test_post_fans_out_to_json_and_plain(
         assert posted["via"] == "http" and posted["seq"] == 1 and posted["id"]
         event = await alice.expect("message")
         assert event == posted
-        assert await asyncio.wait_for(plain.recv(), 5) == "deploy-bot :: v1.2 is live"
+        assert await asyncio.wait_for(plain.recv(), 5) == "deploy-bot (via http) :: v1.2 is live"
     await alice.close()
 
 

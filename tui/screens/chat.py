@@ -20,7 +20,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, TabbedContent
 from textual.worker import Worker
 
-from shared.protocol import Event, name_error, room_error
+from shared.protocol import Event, name_error, room_error, sender_label
 from shared.sanitize import one_line
 from tui.commands import COMMANDS, Command, CommandError, is_command, literal, parse
 from tui.connection import Backoff, LinkFailed, RoomLink, State, Status
@@ -268,7 +268,7 @@ class ChatScreen(Screen[None]):
         pane.last_day = moment.date()
 
     def _message(self, pane: RoomPane, event: Event) -> None:
-        sender, text = str(event.get("from", "?")), str(event.get("text", ""))
+        sender, text = sender_label(event), str(event.get("text", ""))
         own = sender == self.me
         mention = not own and mentions(text, self.me)
         seq = event.get("seq")
@@ -463,7 +463,7 @@ class ChatScreen(Screen[None]):
         ]
         texts: list[Text] = []
         for message in older:
-            sender, text = str(message.get("from", "?")), str(message.get("text", ""))
+            sender, text = sender_label(message), str(message.get("text", ""))
             own = sender == self.me
             mention = not own and mentions(text, self.me)
             moment = clock.local(message.get("ts"))
