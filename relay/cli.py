@@ -11,6 +11,7 @@ from pathlib import Path
 
 import uvicorn
 
+from relay import access
 from relay.app import create_app, drain
 from relay.core import NAME_GRACE, Hub, Limits
 from relay.sqlite_store import SQLiteStore
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         env = "CHAT_RELAY_" + flag.upper().replace("-", "_")
         value = os.environ.get(env, default)
         serve.add_argument(f"--{flag}", type=kind, default=value, help=f"{help_text} [{env}]")
+    access.add_arguments(serve)
     return parser
 
 
@@ -69,7 +71,8 @@ class RelayServer(uvicorn.Server):
         for server in self.servers:
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]
-                print(f"chat relay on ws://{host}:{port}/chat/{{room}}", flush=True)
+                scheme = "wss" if self.config.is_ssl else "ws"
+                print(f"chat relay on {scheme}://{host}:{port}/chat/{{room}}", flush=True)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     store = _store(args, limits.history)
     hub = Hub(store, signer, limits, name_grace=args.name_grace)
     config = uvicorn.Config(
-        create_app(hub),
+        access.AccessMiddleware(create_app(hub), access.policy_from(args)),
         host=args.host,
         port=args.port,
         ws=args.ws,
@@ -103,7 +106,10 @@ def main(argv: list[str] | None = None) -> None:
         log_level=args.log_level,
         access_log=False,
         backlog=4096,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
     )
+    access.redact_logs()
     # uvicorn re-raises the stop signal after its graceful shutdown; with these handlers in
     # place that is a no-op, so a SIGTERM'd relay exits 0 after closing every socket.
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -116,7 +116,9 @@ async def test_post_refused(
 
 
 async def test_post_invalid_json_body(http: httpx.AsyncClient, room: str) -> None:
-    response = await http.post(f"/rooms/{room}/messages", content=b"{oops")
+    response = await http.post(
+        f"/rooms/{room}/messages", content=b"{oops", headers={"Content-Type": "application/json"}
+    )
     assert (response.status_code, response.json()["error"]) == (400, "bad_json")
 
 

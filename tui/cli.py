@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
 
 from shared.protocol import room_error
 from shared.sanitize import one_line
+from tui import access
 from tui.config import Config, ConfigError, state_dir
 from tui.connection import Identity
 from tui.http_api import ApiError, list_rooms, post_message
@@ -30,6 +32,8 @@ def _common() -> argparse.ArgumentParser:
     add("--server", default=argparse.SUPPRESS, help="relay URL, e.g. ws://127.0.0.1:8000")
     add("--config", type=Path, default=argparse.SUPPRESS, help="config file (TOML)")
     add("--plain", action="store_true", default=argparse.SUPPRESS, help="headless line mode")
+    add("--key", default=argparse.SUPPRESS, help="the relay's access key [CHAT_TUI_KEY]")
+    add("--ca-file", default=argparse.SUPPRESS, help="CA certificates (PEM) for wss://")
     return common
 
 
@@ -64,6 +68,9 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"config: {error}", EXIT_USAGE)
     if getattr(args, "server", None):
         config.server = args.server
+    config.key = getattr(args, "key", None) or os.environ.get("CHAT_TUI_KEY") or config.key
+    config.ca_file = getattr(args, "ca_file", None) or config.ca_file
+    access.configure(access.ClientAccess(config.key, config.ca_file))
     if args.command == "rooms":
         sys.exit(asyncio.run(_rooms(config)))
     if args.command == "send":

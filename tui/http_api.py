@@ -7,6 +7,8 @@ from urllib.parse import quote
 
 import httpx
 
+from tui import access
+
 TIMEOUT = 10.0
 
 
@@ -27,7 +29,11 @@ async def post_message(base: str, room: str, sender: str, text: str) -> dict[str
 
 async def _request(method: str, url: str, **kwargs: Any) -> dict[str, Any]:
     try:
-        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+        settings = access.current
+        verify = settings.ssl_context() if url.startswith("https:") else True
+        async with httpx.AsyncClient(
+            timeout=TIMEOUT, headers=settings.headers(), verify=verify
+        ) as client:
             response = await client.request(method, url, **kwargs)
     except httpx.ConnectError:
         raise ApiError(f"cannot connect to {url}: connection refused") from None
