@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket
 from relay.connection import Connection
 from relay.core import Hub, PostError
 from relay.direct import Flusher
+from relay.login import account_routes, threaded_offload
 from shared import protocol as p
 
 _POST_STATUS = {p.NAME_TAKEN: 409, p.TOO_LARGE: 413}
@@ -43,7 +44,7 @@ class ChatEndpoint:
         except ValueError as bad:
             await websocket.close(p.CLOSE_POLICY, str(bad))
             return
-        problem = p.room_error(room)
+        problem = p.room_error(room) or self.hub.refusal(params["token"])
         if problem is not None:
             await websocket.close(p.CLOSE_POLICY, problem)
             return
@@ -77,6 +78,8 @@ def _join_params(websocket: WebSocket, history: int) -> dict[str, Any]:
 
 
 def create_app(hub: Hub) -> Router:
+    hub.offload = threaded_offload
+
     async def healthz(request: Request) -> Response:
         return JSONResponse(
             {"status": "ok", "connections": len(hub.clients), "rooms": len(hub.rooms)}
@@ -138,6 +141,7 @@ def create_app(hub: Hub) -> Router:
             Route("/rooms", rooms),
             Route("/rooms/{room}/messages", messages, methods=["GET", "POST"]),
             Route("/metrics", metrics),
+            *account_routes(hub),
         ]
     )
     # The chat endpoint sits on a bare router, outside Starlette's exception middleware, so

@@ -6,14 +6,18 @@ import argparse
 import os
 import signal
 import socket
+import sqlite3
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
 import uvicorn
 
 from relay import access
+from relay.accounts import Registry
 from relay.app import create_app, drain
 from relay.core import NAME_GRACE, Hub, Limits
+from relay.names import key
 from relay.sqlite_store import SQLiteStore
 from relay.store import MemoryStore, Store
 from relay.tokens import TokenSigner, load_secret
@@ -48,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         ("retain-messages", int, 0, "messages the database keeps per room (0: no cap)"),
         ("retain-days", float, 0.0, "days the database keeps a message (0: no limit)"),
         ("name-grace", float, NAME_GRACE, "seconds a name stays its offline identity's"),
+        ("token-days", float, 90.0, "days a token stays valid unused (0: forever)"),
         ("log-level", str, "info", "critical, error, warning, info or debug"),
         ("ws", str, "websockets-sansio", "uvicorn WebSocket implementation"),
     ]
@@ -56,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
         value = os.environ.get(env, default)
         serve.add_argument(f"--{flag}", type=kind, default=value, help=f"{help_text} [{env}]")
     access.add_arguments(serve)
+    tokens = commands.add_parser("tokens", help="manage identity tokens")
+    revoke = tokens.add_subparsers(dest="action", required=True).add_parser(
+        "revoke", help="refuse every token issued so far to NAME (it must log in again)"
+    )
+    revoke.add_argument("name", metavar="NAME")
+    state_env = os.environ.get("CHAT_RELAY_STATE_DIR", state_home("chat-relay"))
+    revoke.add_argument("--state-dir", type=Path, default=state_env, help="[CHAT_RELAY_STATE_DIR]")
+    revoke.add_argument("--db", default=os.environ.get("CHAT_RELAY_DB"), help="[CHAT_RELAY_DB]")
     return parser
 
 
@@ -83,6 +96,8 @@ class RelayServer(uvicorn.Server):
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.command == "tokens":
+        sys.exit(_revoke(args))
     limits = Limits(
         max_message_bytes=args.max_message_bytes,
         rate=args.rate,
@@ -94,7 +109,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     signer = TokenSigner(load_secret(args.secret, args.state_dir))
     store = _store(args, limits.history)
-    hub = Hub(store, signer, limits, name_grace=args.name_grace)
+    hub = Hub(
+        store,
+        signer,
+        limits,
+        name_grace=args.name_grace,
+        registry=_registry(args),
+        token_ttl=args.token_days * 86400,
+    )
     config = uvicorn.Config(
         access.AccessMiddleware(create_app(hub), access.policy_from(args)),
         host=args.host,
@@ -118,6 +140,43 @@ def main(argv: list[str] | None = None) -> None:
         RelayServer(config, hub).run()
     finally:
         store.close()
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    """Bump the identity's token generation in accounts.db; a running relay reads it on login.
+
+    Connections already open stay until they reconnect (or the relay restarts).
+    """
+    registry = Registry(args.state_dir / "accounts.db")
+    try:
+        account = registry.account_named(args.name)
+        subject = account.subject if account is not None else _subject_in_store(args)
+        if subject is None:
+            print(f"chat-relay: nobody is called {args.name}", file=sys.stderr)
+            return 1
+        generation = registry.revoke(subject)
+    finally:
+        registry.close()
+    print(f"revoked every token of {args.name} (generation {generation})")
+    return 0
+
+
+def _subject_in_store(args: argparse.Namespace) -> str | None:
+    path = Path(args.db) if args.db else args.state_dir / "chat.db"
+    if not path.exists():
+        return None
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT subject FROM names WHERE folded = ?", (key(args.name),)).fetchone()
+    except sqlite3.Error:
+        row = None
+    finally:
+        db.close()
+    return None if row is None else str(row[0])
+
+
+def _registry(args: argparse.Namespace) -> Registry:
+    return Registry(None if args.db == ":memory:" else args.state_dir / "accounts.db")
 
 
 def _store(args: argparse.Namespace, history: int) -> Store:

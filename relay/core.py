@@ -15,10 +15,11 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from coolname import generate_slug
 
+from relay.accounts import Account, Registry, new_account, password_problem
 from relay.metrics import Metrics
 from relay.names import key, name_problem
 from relay.ratelimit import TokenBucket
@@ -32,6 +33,9 @@ CID_TTL = 300.0
 CID_KEEP = 256
 # How long an unregistered identity keeps its name after its last connection closes.
 NAME_GRACE = 30 * 86400.0
+
+T = TypeVar("T")
+Offload = Callable[[Callable[[], Any], Callable[[Any], None]], None]
 
 # DM consent between two identities, kept in the store.
 PENDING = "pending"
@@ -150,12 +154,19 @@ class Hub:
         limits: Limits | None = None,
         clock: Callable[[], float] = time.monotonic,
         name_grace: float = NAME_GRACE,
+        registry: Registry | None = None,
+        token_ttl: float = 0.0,
     ) -> None:
         self.store = store
         self.signer = signer
         self.limits = limits or Limits()
         self.clock = clock
         self.name_grace = name_grace
+        self.registry = registry or Registry(None)
+        self.token_ttl = token_ttl
+        # Runs slow work (password hashing) and hands its result back on the hub's thread;
+        # the WebSocket layer replaces it with a worker thread.
+        self.offload: Offload = _inline
         self.metrics = Metrics()
         self.rooms: dict[str, Room] = {}
         self.clients: set[Client] = set()
@@ -226,7 +237,7 @@ class Hub:
             "type": "welcome",
             "room": room.name,
             "you": user.name,
-            "token": self.signer.issue(user.subject, user.name),
+            "token": self.issue_token(user.subject, user.name),
             "members": room.member_names(also=user),
             "seq": seq,
             "epoch": epoch_now,
@@ -248,22 +259,50 @@ class Hub:
         events += [Outgoing({**message, "replay": True}, None) for message in replay]
         client.preload(events)
 
+    def issue_token(self, subject: str, name: str) -> str:
+        return self.signer.issue(subject, name, self.registry.generation(subject))
+
+    def refusal(self, token: str | None) -> str | None:
+        """Why a connection presenting `token` may not log in, or None.
+
+        Checked before joining: a revoked token, or an expired one of a registered identity,
+        must log in again with its password; an expired anonymous one just starts afresh.
+        """
+        claims = self.signer.claims(token) if token else None
+        if claims is None:
+            return None
+        if claims.generation < self.registry.generation(claims.subject):
+            return "token revoked: log in again"
+        if self._expired(claims.issued) and self.registry.account(claims.subject) is not None:
+            return "token expired: log in again"
+        return None
+
+    def _expired(self, issued: float) -> bool:
+        return self.token_ttl > 0 and time.time() - issued > self.token_ttl
+
     def _login(self, token: str | None) -> User:
-        claims = self.signer.verify(token) if token else None
+        claims = self.signer.claims(token) if token else None
+        if claims is not None and self._expired(claims.issued):
+            claims = None
         if claims is not None:
-            subject, token_name = claims
+            subject, token_name = claims.subject, claims.name
             user = self._users.get(subject)
             if user is not None:
                 return user
+            account = self.registry.account(subject)
             name = self.store.identity_name(subject) or token_name
+            if account is not None:
+                name = account.name
             # Another identity may have taken the name (after the grace period) while this one
             # was away: the store's name→identity row decides, so one name is one identity.
             holder = self._names.get(key(name))
             owner = self.store.subject_of(name)
-            if (
+            registered = self.registry.account_named(name)
+            if account is None and (
                 name_problem(name) is not None
                 or (holder is not None and holder.subject != subject)
                 or owner not in (None, subject)
+                or registered is not None
             ):
                 name = self._fresh_name()
         else:
@@ -283,7 +322,8 @@ class Hub:
         while True:
             name = generate_slug(2)
             fresh = name_problem(name) is None and key(name) not in self._names
-            if fresh and self.store.subject_of(name) is None:
+            unknown = fresh and self.store.subject_of(name) is None
+            if unknown and self.registry.account_named(name) is None:
                 return name
 
     def _reserved_for_other(self, name: str, subject: str) -> bool:
@@ -291,7 +331,11 @@ class Hub:
 
         A name is its identity's while it is connected and for `name_grace` after; later
         another identity may take it, and the old one gets a fresh name when it returns.
+        A registered name is its identity's for good.
         """
+        account = self.registry.account_named(name)
+        if account is not None:
+            return account.subject != subject
         holder = self._names.get(key(name))
         if holder is not None:
             return holder.subject != subject
@@ -468,6 +512,9 @@ class Hub:
         user = client.user
         assert user is not None
         new = _text(request, "name")
+        if self.registry.account(user.subject) is not None:
+            self._error(client, p.REGISTERED, "a registered name is your login: it cannot change")
+            return
         problem = name_problem(new)
         if problem is not None:
             self._error(client, p.BAD_NAME, problem)
@@ -488,6 +535,67 @@ class Hub:
         for room in {c.room for c in list(user.clients) if c.room is not None}:
             event = {"type": "nick", "room": room.name, "old": old, "new": new, "ts": ts}
             self._fanout(room, Outgoing(event, f"{old} :: is now known as {new}"))
+
+    def _on_register(self, client: Client, request: Event) -> None:
+        user = client.user
+        assert user is not None
+        password = _text(request, "password")
+        problem = password_problem(password)
+        if problem is not None:
+            self._error(client, p.BAD_PASSWORD, problem)
+            return
+        if self.registry.account(user.subject) is not None:
+            self._error(client, p.REGISTERED, f"{user.name} is already registered")
+            return
+        subject, name, answering = user.subject, user.name, self._answering
+
+        def done(account: Account) -> None:
+            self._answering = answering
+            try:
+                problem = self.add_account(account)
+                if problem is not None and client.room is not None:
+                    self._error(client, p.NAME_TAKEN, problem)
+            finally:
+                self._answering = {}
+
+        self.offload(lambda: new_account(subject, name, password), done)
+
+    def add_account(self, account: Account) -> str | None:
+        """Keep a freshly hashed account; why not when something changed while hashing."""
+        subject, current = account.subject, self._users.get(account.subject)
+        name = current.name if current is not None else self.store.identity_name(subject)
+        name = name or account.name
+        if name != account.name:
+            return f"you are called {name} now; register again"
+        if current is None and (
+            name_problem(name) is not None
+            or self._reserved_for_other(name, subject)
+            or self.store.subject_of(name) not in (None, subject)
+        ):
+            return f"{name} is already taken (or looks like a name that is)"
+        if self.registry.account(subject) is not None:
+            return f"{name} is already registered"
+        if current is None:
+            self.store.set_identity_name(subject, name)
+        self.registry.add(account)
+        if current is not None:
+            event = {"type": "registered", "name": name}
+            self._deliver_all(
+                current.clients,
+                Outgoing({**event, "token": self.issue_token(account.subject, name)}, None),
+            )
+        return None
+
+    def _on_logout_everywhere(self, client: Client, request: Event) -> None:
+        user = client.user
+        assert user is not None
+        if self.registry.account(user.subject) is None:
+            self._error(client, p.NOT_REGISTERED, "register first: you could not log in again")
+            return
+        self.registry.revoke(user.subject)
+        for connection in list(user.clients):
+            self.leave(connection)
+            connection.close(p.CLOSE_POLICY, "logged out everywhere: log in again", flush=True)
 
     def _on_dm(self, client: Client, request: Event) -> None:
         sender = client.user
@@ -702,6 +810,8 @@ class Hub:
         "topic": _on_topic,
         "kick": _on_kick,
         "close": _on_close,
+        "register": _on_register,
+        "logout_everywhere": _on_logout_everywhere,
     }
 
     # -- HTTP -----------------------------------------------------------------------------------
@@ -715,7 +825,8 @@ class Hub:
         if problem is not None:
             raise PostError(p.BAD_NAME, problem)
         # Any identity's name, online or not, or a look-alike of one: a script is not a user.
-        if key(sender) in self._names or self.store.subject_of(sender) is not None:
+        taken = key(sender) in self._names or self.store.subject_of(sender) is not None
+        if taken or self.registry.account_named(sender) is not None:
             raise PostError(p.NAME_TAKEN, f"{sender} is a user's name (or looks like one)")
         text_problem = self._text_problem(text)
         if text_problem is not None:
@@ -764,6 +875,10 @@ class Hub:
 
     def user_count(self) -> int:
         return len(self._users)
+
+
+def _inline(work: Callable[[], T], done: Callable[[T], None]) -> None:
+    done(work())
 
 
 class PostError(Exception):

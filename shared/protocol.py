@@ -41,6 +41,9 @@ NO_SUCH_USER = "no_such_user"
 BAD_REQUEST = "bad_request"
 NOT_OWNER = "not_owner"
 DM_DECLINED = "dm_declined"
+BAD_PASSWORD = "bad_password"
+REGISTERED = "registered"
+NOT_REGISTERED = "not_registered"
 
 
 def _valid_chars(text: str) -> bool:

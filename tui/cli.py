@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import os
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from shared.sanitize import one_line
 from tui import access
 from tui.config import Config, ConfigError, state_dir
 from tui.connection import Identity
-from tui.http_api import ApiError, list_rooms, post_message
+from tui.http_api import ApiError, list_rooms, login, post_message, register
 from tui.plain import EXIT_FAILED, EXIT_OK, PlainOptions, PlainSession
 from tui.state import TokenStore
 
@@ -56,6 +57,16 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("room", metavar="ROOM")
     send.add_argument("text", metavar="TEXT")
     send.add_argument("--from", dest="sender", default="chat-tui", help="sender name")
+    log_in = commands.add_parser(
+        "login", parents=[common], help="become a registered user on this device"
+    )
+    log_in.add_argument("name", metavar="NAME")
+    sign_up = commands.add_parser(
+        "register",
+        parents=[common],
+        help="claim your name (or NAME, as a new user) with a password",
+    )
+    sign_up.add_argument("--name", help="register a new identity with this name")
     return parser
 
 
@@ -75,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(asyncio.run(_rooms(config)))
     if args.command == "send":
         sys.exit(asyncio.run(_send(config, args.room, args.sender, args.text)))
+    if args.command in ("login", "register"):
+        sys.exit(asyncio.run(_account(config, args)))
     for room in args.rooms:
         problem = room_error(room)
         if problem:
@@ -126,6 +139,32 @@ async def _send(config: Config, room: str, sender: str, text: str) -> int:
     except ApiError as error:
         _fail(str(error), EXIT_FAILED)
     print(f"sent #{one_line(room)} seq {one_line(str(message.get('seq')))}")
+    return EXIT_OK
+
+
+async def _account(config: Config, args: argparse.Namespace) -> int:
+    """`login`/`register`: the password from the terminal (not echoed) or one line of stdin."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    tokens = TokenStore(state_dir() / "identity.json")
+    try:
+        if args.command == "login":
+            answer = await login(config.http_base, args.name, password)
+        else:
+            token = None if args.name else tokens.get(config.server)
+            if token is None and not args.name:
+                _fail("no identity yet: connect once, or give --name NAME", EXIT_USAGE)
+            answer = await register(config.http_base, password, token, args.name)
+    except ApiError as error:
+        _fail(str(error), EXIT_FAILED)
+    token, name = answer.get("token"), answer.get("name")
+    if not isinstance(token, str):
+        _fail("the relay sent no token", EXIT_FAILED)
+    tokens.put(config.server, token)
+    verb = "logged in" if args.command == "login" else "registered"
+    print(f"{verb} as {one_line(str(name))}; token saved in {tokens.path}")
     return EXIT_OK
 
 

@@ -27,6 +27,15 @@ async def post_message(base: str, room: str, sender: str, text: str) -> dict[str
     return await _request("POST", url, json={"from": sender, "text": text})
 
 
+async def login(base: str, name: str, password: str) -> dict[str, Any]:
+    return await _request("POST", f"{base}/login", json={"name": name, "password": password})
+
+
+async def register(base: str, password: str, token: str | None, name: str | None) -> dict[str, Any]:
+    body = {"password": password, "token": token} if token else {"password": password, "name": name}
+    return await _request("POST", f"{base}/register", json=body)
+
+
 async def _request(method: str, url: str, **kwargs: Any) -> dict[str, Any]:
     try:
         settings = access.current
