@@ -1,4 +1,4 @@
-"""Registered names: password hashes, token generations, login throttling.
+"""Registered names: password hashes, token generations, login throttling; invite-only rooms.
 
 Kept apart from the chat store in a small SQLite database of its own (`STATE_DIR/accounts.db`,
 or in memory with `--db :memory:`): it changes only when someone registers, logs out everywhere
@@ -39,6 +39,10 @@ CREATE TABLE IF NOT EXISTS accounts (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS generations (
     subject TEXT PRIMARY KEY, generation INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS private_rooms (room TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS members (
+    room TEXT NOT NULL, subject TEXT NOT NULL, PRIMARY KEY (room, subject)
 ) WITHOUT ROWID;
 """
 
@@ -122,6 +126,47 @@ class Registry:
         generation = self.generation(subject) + 1
         self.db.execute("INSERT OR REPLACE INTO generations VALUES (?, ?)", (subject, generation))
         return generation
+
+    # -- invite-only rooms: who may be in them, kept with the accounts since it is as rare to
+    # change and as important to keep
+
+    def is_private(self, room: str) -> bool:
+        row = self.db.execute("SELECT 1 FROM private_rooms WHERE room = ?", (room,)).fetchone()
+        return row is not None
+
+    def set_private(self, room: str, private: bool, members: set[str]) -> None:
+        """Make the room invite-only with `members` in it, or open it (forgetting members)."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("DELETE FROM members WHERE room = ?", (room,))
+            self.db.execute("DELETE FROM private_rooms WHERE room = ?", (room,))
+            if private:
+                self.db.execute("INSERT INTO private_rooms VALUES (?)", (room,))
+                self.db.executemany(
+                    "INSERT INTO members VALUES (?, ?)", [(room, subject) for subject in members]
+                )
+
+    def is_member(self, room: str, subject: str) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM members WHERE room = ? AND subject = ?", (room, subject)
+        ).fetchone()
+        return row is not None
+
+    def add_member(self, room: str, subject: str) -> None:
+        self.db.execute("INSERT OR IGNORE INTO members VALUES (?, ?)", (room, subject))
+
+    def remove_member(self, room: str, subject: str) -> None:
+        self.db.execute("DELETE FROM members WHERE room = ? AND subject = ?", (room, subject))
+
+    def readable(self, rooms: list[str], subject: str | None) -> set[str]:
+        """Which of `rooms` `subject` may see: the open ones and the private ones it is in."""
+        listed = set(rooms)
+        private = {room for (room,) in self.db.execute("SELECT room FROM private_rooms")}
+        hidden = private & listed
+        if subject is not None and hidden:
+            query = "SELECT room FROM members WHERE subject = ?"
+            hidden -= {room for (room,) in self.db.execute(query, (subject,))}
+        return listed - hidden
 
     def close(self) -> None:
         self.db.close()

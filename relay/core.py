@@ -245,6 +245,7 @@ class Hub:
             "owner": self.owner_name(room.name),
             "topic": self.store.topic(room.name),
             "read": self.store.read_marker(room.name, user.subject),
+            "private": self.registry.is_private(room.name),
         }
         count = self.limits.backlog if backlog is None else max(0, backlog)
         replay: list[Event] | None = None
@@ -262,20 +263,36 @@ class Hub:
     def issue_token(self, subject: str, name: str) -> str:
         return self.signer.issue(subject, name, self.registry.generation(subject))
 
-    def refusal(self, token: str | None) -> str | None:
-        """Why a connection presenting `token` may not log in, or None.
+    def refusal(self, token: str | None, room: str | None = None) -> str | None:
+        """Why a connection presenting `token` may not log in (or enter `room`), or None.
 
         Checked before joining: a revoked token, or an expired one of a registered identity,
         must log in again with its password; an expired anonymous one just starts afresh.
+        An invite-only room admits its members only.
         """
         claims = self.signer.claims(token) if token else None
-        if claims is None:
+        if claims is not None:
+            if claims.generation < self.registry.generation(claims.subject):
+                return "token revoked: log in again"
+            if self._expired(claims.issued) and self.registry.account(claims.subject):
+                return "token expired: log in again"
+        if room is not None and not self.may_enter(room, self.subject_for(token)):
+            return f"#{room} is invite-only: ask its owner to /invite you"
+        return None
+
+    def subject_for(self, token: str | None) -> str | None:
+        """The identity a token proves, if it is valid, unexpired and not revoked."""
+        claims = self.signer.claims(token) if token else None
+        if claims is None or self._expired(claims.issued):
             return None
         if claims.generation < self.registry.generation(claims.subject):
-            return "token revoked: log in again"
-        if self._expired(claims.issued) and self.registry.account(claims.subject) is not None:
-            return "token expired: log in again"
-        return None
+            return None
+        return claims.subject
+
+    def may_enter(self, room: str, subject: str | None) -> bool:
+        if not self.registry.is_private(room):
+            return True
+        return subject is not None and self.registry.is_member(room, subject)
 
     def _expired(self, issued: float) -> bool:
         return self.token_ttl > 0 and time.time() - issued > self.token_ttl
@@ -770,6 +787,8 @@ class Hub:
         if target is None or target not in room.users:
             self._error(client, p.NO_SUCH_USER, f"nobody called {name} is in this room")
             return
+        # In an invite-only room a kick also takes the membership away: a ban, not a timeout.
+        self.registry.remove_member(room.name, target.subject)
         ts = p.now_rfc3339()
         event = {"type": "kick", "room": room.name, "name": target.name, "by": user.name, "ts": ts}
         self._fanout(room, Outgoing(event, f"{target.name} :: was kicked by {user.name}"))
@@ -793,6 +812,86 @@ class Hub:
             self._logout_if_gone(member.user)
             member.close(p.CLOSE_ROOM_CLOSED, f"room closed by {user.name}", flush=True)
         self.store.delete_room(room.name)
+        self.registry.set_private(room.name, False, set())
+
+    def _on_private(self, client: Client, request: Event) -> None:
+        room, user = client.room, client.user
+        assert room is not None and user is not None
+        private = request.get("private")
+        if not isinstance(private, bool):
+            raise _BadRequest("'private' must be true or false")
+        if not self._owns(client):
+            return
+        # Whoever is in the room when it closes its doors stays in.
+        self.registry.set_private(room.name, private, {member.subject for member in room.users})
+        what = "made the room invite-only" if private else "opened the room to everyone"
+        event = {"type": "private", "room": room.name, "private": private, "by": user.name}
+        self._fanout(room, Outgoing({**event, "ts": p.now_rfc3339()}, f"{user.name} :: {what}"))
+
+    def _member_target(self, client: Client, request: Event) -> tuple[str, str] | None:
+        """(subject, name) of the identity an owner's invite/remove/owner request names."""
+        name = _text(request, "name")
+        if not self._owns(client):
+            return None
+        subject = self._subject_of(name)
+        if subject is None:
+            self._error(client, p.NO_SUCH_USER, f"nobody has ever been called {name}")
+            return None
+        return subject, self._name_of(subject)
+
+    def _on_invite(self, client: Client, request: Event) -> None:
+        room, user = client.room, client.user
+        assert room is not None and user is not None
+        target = self._member_target(client, request)
+        if target is None:
+            return
+        if not self.registry.is_private(room.name):
+            raise _BadRequest("the room is open to everyone; /private on first")
+        subject, name = target
+        self.registry.add_member(room.name, subject)
+        event = {"type": "invited", "room": room.name, "name": name, "by": user.name}
+        outgoing = Outgoing(
+            {**event, "ts": p.now_rfc3339()}, f"{name} :: was invited by {user.name}"
+        )
+        self._fanout(room, outgoing)
+        invitee = self._users.get(subject)
+        if invitee is not None:
+            self._deliver_all({c for c in invitee.clients if c.room is not room}, outgoing)
+
+    def _on_remove(self, client: Client, request: Event) -> None:
+        room, user = client.room, client.user
+        assert room is not None and user is not None
+        target = self._member_target(client, request)
+        if target is None:
+            return
+        subject, name = target
+        if subject == user.subject:
+            raise _BadRequest("the owner cannot remove itself; hand the room over first")
+        self.registry.remove_member(room.name, subject)
+        event = {"type": "removed", "room": room.name, "name": name, "by": user.name}
+        self._fanout(
+            room,
+            Outgoing({**event, "ts": p.now_rfc3339()}, f"{name} :: was removed by {user.name}"),
+        )
+        removed = self._users.get(subject)
+        for gone in [c for c in removed.clients if c.room is room] if removed else []:
+            self.leave(gone)
+            gone.close(p.CLOSE_KICKED, f"removed from #{room.name} by {user.name}", flush=True)
+
+    def _on_owner(self, client: Client, request: Event) -> None:
+        room, user = client.room, client.user
+        assert room is not None and user is not None
+        target = self._member_target(client, request)
+        if target is None:
+            return
+        subject, name = target
+        if self.registry.is_private(room.name):
+            self.registry.add_member(room.name, subject)
+        self.store.set_owner(room.name, subject)
+        event = {"type": "owner", "room": room.name, "owner": name, "by": user.name}
+        self._fanout(
+            room, Outgoing({**event, "ts": p.now_rfc3339()}, f"{name} :: now owns the room")
+        )
 
     def owner_name(self, room: str) -> str | None:
         subject = self.store.owner(room)
@@ -811,6 +910,10 @@ class Hub:
         "kick": _on_kick,
         "close": _on_close,
         "register": _on_register,
+        "private": _on_private,
+        "invite": _on_invite,
+        "remove": _on_remove,
+        "owner": _on_owner,
         "logout_everywhere": _on_logout_everywhere,
     }
 
@@ -824,6 +927,8 @@ class Hub:
         problem = name_problem(sender)
         if problem is not None:
             raise PostError(p.BAD_NAME, problem)
+        if self.registry.is_private(room_name):
+            raise PostError(p.NOT_MEMBER, f"#{room_name} is invite-only: no posts over HTTP")
         # Any identity's name, online or not, or a look-alike of one: a script is not a user.
         taken = key(sender) in self._names or self.store.subject_of(sender) is not None
         if taken or self.registry.account_named(sender) is not None:

@@ -44,6 +44,7 @@ DM_DECLINED = "dm_declined"
 BAD_PASSWORD = "bad_password"
 REGISTERED = "registered"
 NOT_REGISTERED = "not_registered"
+NOT_MEMBER = "not_member"
 
 
 def _valid_chars(text: str) -> bool:
