@@ -161,3 +161,15 @@ def test_name_rule_units() -> None:
     assert key("Rn0_1.i") == key("mo-l-l")
     assert name_problem("rnoderator") == "rnoderator is reserved"
     assert name_problem("brave-otter") is None
+
+
+async def test_tui_marks_http_posts(relay: RelayProcess, room: str) -> None:
+    from tests.test_tui_app import SIZE, connected, has_line, make_app, until
+
+    app = make_app(relay, [room])
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: connected(app, room), what="connect")
+        async with httpx.AsyncClient(base_url=relay.http) as http:
+            body = {"from": f"hook-{room}", "text": "deployed"}
+            assert (await http.post(f"/rooms/{room}/messages", json=body)).status_code == 201
+        await until(pilot, lambda: has_line(app, room, f"hook-{room} (via http) deployed"))

@@ -116,3 +116,24 @@ async def test_only_the_owner_controls_the_room(relay: RelayProcess, room: str) 
     assert (await owner.expect("error"))["code"] == "bad_request"
     await owner.close()
     await other.close()
+
+
+async def test_tui_private_room_commands(relay: RelayProcess, room: str) -> None:
+    from tests.test_tui_app import SIZE, connected, has_line, make_app, type_line, until
+
+    app = make_app(relay, [room])
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: connected(app, room), what="connect")
+        outsider = await JsonClient.connect(relay.url(f"{room}-lobby"))
+        await type_line(pilot, "/private maybe")
+        await until(pilot, lambda: has_line(app, room, "usage: /private on|off"))
+        await type_line(pilot, "/private on")
+        await until(pilot, lambda: has_line(app, room, "made the room invite-only"))
+        code, reason = await refused(relay, room, outsider.welcome["token"])
+        assert code == 1008 and "invite-only" in reason
+        await type_line(pilot, f"/invite {outsider.welcome['you']}")
+        await outsider.expect("invited", room=room)
+        await until(pilot, lambda: has_line(app, room, f"invited {outsider.welcome['you']}"))
+        await type_line(pilot, "/rooms")
+        await until(pilot, lambda: has_line(app, room, "invite-only"), what="/rooms line")
+        await outsider.close()

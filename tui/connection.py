@@ -33,7 +33,7 @@ SEEN_IDS = 4096
 FINAL_CLOSES = {4001: "kicked by the room owner", 4002: "the room was closed by its owner"}
 # Requests the relay always answers (with their event or an `error`); only these wait in flight.
 # `dm_accept`/`dm_decline` succeed silently, so tracking them would blame a later error on them.
-ANSWERED = {"nick", "dm", "who", "history", "topic"}
+ANSWERED = {"nick", "dm", "who", "history", "topic", "private", "invite", "remove", "owner"}
 
 
 class State(Enum):

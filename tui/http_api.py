@@ -16,8 +16,10 @@ class ApiError(Exception):
     """One line saying what went wrong; callers show it as is."""
 
 
-async def list_rooms(base: str) -> list[dict[str, Any]]:
-    body = await _request("GET", f"{base}/rooms")
+async def list_rooms(base: str, token: str | None = None) -> list[dict[str, Any]]:
+    """Active rooms; with the identity token, also the invite-only rooms it is a member of."""
+    headers = {"X-Chat-Token": token} if token else {}
+    body = await _request("GET", f"{base}/rooms", headers=headers)
     rooms = body.get("rooms")
     return [room for room in rooms if isinstance(room, dict)] if isinstance(rooms, list) else []
 
