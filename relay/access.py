@@ -88,7 +88,7 @@ class AccessMiddleware:
         if refusal is None:
             if kind == "http" and scope["method"] == "OPTIONS":
                 await self._preflight(headers)(scope, receive, send)
-            elif kind == "http":
+            elif kind == "http" and scope["method"] in ("GET", "HEAD"):
                 await self.app(scope, receive, self._with_cors(headers, send))
             else:
                 await self.app(scope, receive, send)

@@ -167,6 +167,7 @@ class Hub:
         # Runs slow work (password hashing) and hands its result back on the hub's thread;
         # the WebSocket layer replaces it with a worker thread.
         self.offload: Offload = _inline
+        self._registering: set[str] = set()
         self.metrics = Metrics()
         self.rooms: dict[str, Room] = {}
         self.clients: set[Client] = set()
@@ -561,12 +562,15 @@ class Hub:
         if problem is not None:
             self._error(client, p.BAD_PASSWORD, problem)
             return
-        if self.registry.account(user.subject) is not None:
+        if self.registry.account(user.subject) is not None or user.subject in self._registering:
             self._error(client, p.REGISTERED, f"{user.name} is already registered")
             return
         subject, name, answering = user.subject, user.name, self._answering
+        # One hash at a time per identity: a client repeating `register` costs one, not many.
+        self._registering.add(subject)
 
         def done(account: Account) -> None:
+            self._registering.discard(subject)
             self._answering = answering
             try:
                 problem = self.add_account(account)

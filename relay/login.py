@@ -60,6 +60,11 @@ def account_routes(hub: Hub) -> list[Route]:
         problem = password_problem(password)
         if problem is not None:
             return _error(400, p.BAD_PASSWORD, problem)
+        # Each registration costs a password hash: the same allowance as logins.
+        address = request.client.host if request.client else "?"
+        label = name if isinstance(name, str) else "?"
+        if not throttle.allow(label, address, asyncio.get_running_loop().time()):
+            return _error(429, p.RATE_LIMITED, "too many attempts; wait a minute")
         if isinstance(token, str):
             refused = hub.refusal(token)
             claims = hub.signer.claims(token)

@@ -132,7 +132,7 @@ async def test_cors_is_opt_in_for_reading(relay_factory, relay: RelayProcess) ->
     async with httpx.AsyncClient(base_url=relay.http) as http:
         response = await http.get("/rooms", headers={"Origin": dash})
         assert "access-control-allow-origin" not in response.headers
-    opted = relay_factory("--cors-origin", dash)
+    opted = relay_factory("--cors-origin", dash, "--allow-origin", dash)
     async with httpx.AsyncClient(base_url=opted.http) as http:
         response = await http.get("/rooms", headers={"Origin": dash})
         assert response.headers["access-control-allow-origin"] == dash
@@ -144,6 +144,12 @@ async def test_cors_is_opt_in_for_reading(relay_factory, relay: RelayProcess) ->
         assert preflight.headers["access-control-allow-methods"] == "GET"
         other = await http.get("/rooms", headers={"Origin": "https://other.example"})
         assert "access-control-allow-origin" not in other.headers
+        # Writes never get CORS headers, even from an allowed origin.
+        post = await http.post(
+            "/rooms/r1/messages", json={"from": "dash-bot", "text": "x"}, headers={"Origin": dash}
+        )
+        assert post.status_code == 201
+        assert "access-control-allow-origin" not in post.headers
 
 
 @pytest.fixture

@@ -43,6 +43,8 @@ async def test_register_over_websocket(relay: RelayProcess, room: str) -> None:
     error = await client.expect("error")
     assert (error["code"], error["request"]) == ("bad_password", "register")
     await client.send(type="register", password=PASSWORD)
+    await client.send(type="register", password=PASSWORD)  # while the first is hashed
+    assert (await client.expect("error"))["code"] == "registered"
     event = await client.expect("registered", timeout=10)
     assert event["name"] == f"reg-{room}"
     assert PASSWORD not in str(event)
