@@ -17,10 +17,11 @@ from relay import access
 from relay.accounts import Registry
 from relay.app import create_app, drain
 from relay.core import NAME_GRACE, Hub, Limits
+from relay.jwt_tokens import jwt_signer
 from relay.names import key
 from relay.sqlite_store import SQLiteStore
 from relay.store import MemoryStore, Store
-from relay.tokens import TokenSigner, load_secret
+from relay.tokens import load_secret
 from shared.xdg import state_home
 
 DRAIN_SECONDS = 5.0
@@ -53,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
         ("retain-days", float, 0.0, "days the database keeps a message (0: no limit)"),
         ("name-grace", float, NAME_GRACE, "seconds a name stays its offline identity's"),
         ("token-days", float, 90.0, "days a token stays valid unused (0: forever)"),
+        ("jwt-secret", str, None, "accept HS256 JWT identity tokens signed with this secret"),
+        ("jwt-public-key", Path, None, "accept RS256 JWT identity tokens (PEM public key file)"),
         ("log-level", str, "info", "critical, error, warning, info or debug"),
         ("ws", str, "websockets-sansio", "uvicorn WebSocket implementation"),
     ]
@@ -107,7 +110,9 @@ def main(argv: list[str] | None = None) -> None:
         max_frame_bytes=args.max_frame_bytes,
         send_queue_bytes=args.send_queue_bytes,
     )
-    signer = TokenSigner(load_secret(args.secret, args.state_dir))
+    signer = jwt_signer(
+        load_secret(args.secret, args.state_dir), args.jwt_secret, args.jwt_public_key
+    )
     store = _store(args, limits.history)
     hub = Hub(
         store,

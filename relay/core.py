@@ -24,7 +24,7 @@ from relay.metrics import Metrics
 from relay.names import key, name_problem
 from relay.ratelimit import TokenBucket
 from relay.store import Store
-from relay.tokens import TokenSigner, new_subject
+from relay.tokens import Claims, TokenSigner, new_subject
 from shared import protocol as p
 from shared.protocol import Event
 
@@ -271,9 +271,12 @@ class Hub:
         must log in again with its password; an expired anonymous one just starts afresh.
         An invite-only room admits its members only.
         """
+        rejection = self.signer.rejection(token) if token else None
+        if rejection is not None:
+            return rejection
         claims = self.signer.claims(token) if token else None
         if claims is not None:
-            if claims.generation < self.registry.generation(claims.subject):
+            if self._revoked(claims):
                 return "token revoked: log in again"
             if self._expired(claims.issued) and self.registry.account(claims.subject):
                 return "token expired: log in again"
@@ -284,11 +287,12 @@ class Hub:
     def subject_for(self, token: str | None) -> str | None:
         """The identity a token proves, if it is valid, unexpired and not revoked."""
         claims = self.signer.claims(token) if token else None
-        if claims is None or self._expired(claims.issued):
-            return None
-        if claims.generation < self.registry.generation(claims.subject):
+        if claims is None or self._expired(claims.issued) or self._revoked(claims):
             return None
         return claims.subject
+
+    def _revoked(self, claims: Claims) -> bool:
+        return claims.revocable and claims.generation < self.registry.generation(claims.subject)
 
     def may_enter(self, room: str, subject: str | None) -> bool:
         if not self.registry.is_private(room):

@@ -36,6 +36,8 @@ class Claims:
     name: str
     issued: float
     generation: int
+    # False for identities another service vouches for (relay/jwt_tokens.py).
+    revocable: bool = True
 
 
 class TokenSigner:
@@ -54,6 +56,11 @@ class TokenSigner:
         """(subject, name) from a token this relay signed, or None for anything else."""
         claims = self.claims(token)
         return None if claims is None else (claims.subject, claims.name)
+
+    def rejection(self, token: str) -> str | None:
+        """Why a token must be refused outright rather than ignored; ours never are (a bad
+        one just starts a new identity), tokens from a configured issuer may be."""
+        return None
 
     def claims(self, token: str) -> Claims | None:
         payload, _, mac = token.partition(_SEP)
