@@ -873,6 +873,8 @@ class Hub:
         if target is None:
             return
         subject, name = target
+        if not self.registry.is_private(room.name):
+            raise _BadRequest("the room is open to everyone: /kick instead")
         if subject == user.subject:
             raise _BadRequest("the owner cannot remove itself; hand the room over first")
         self.registry.remove_member(room.name, subject)

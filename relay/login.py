@@ -15,7 +15,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from relay.accounts import LoginThrottle, check_password, new_account, password_problem
+from relay.accounts import (
+    PASSWORD_MAX,
+    LoginThrottle,
+    check_password,
+    new_account,
+    password_problem,
+)
 from relay.core import Hub
 from relay.names import name_problem
 from relay.tokens import new_subject
@@ -44,6 +50,8 @@ def account_routes(hub: Hub) -> list[Route]:
             response.headers["Retry-After"] = "12"
             return response
         account = hub.registry.account_named(name)
+        if len(password) > PASSWORD_MAX:
+            return _error(401, "bad_login", "wrong name or password")  # no account's password
         if not await asyncio.to_thread(check_password, account, password) or account is None:
             return _error(401, "bad_login", "wrong name or password")
         token = hub.issue_token(account.subject, account.name)

@@ -110,8 +110,9 @@ async def test_only_the_owner_controls_the_room(relay: RelayProcess, room: str) 
         await other.send(**request)
         error = await other.expect("error")
         assert (error["code"], error["request"]) == ("not_owner", request["type"])
-    await owner.send(type="invite", name=other.welcome["you"])
-    assert (await owner.expect("error"))["code"] == "bad_request"  # open room: nothing to do
+    for kind in ("invite", "remove"):
+        await owner.send(type=kind, name=other.welcome["you"])
+        assert (await owner.expect("error"))["code"] == "bad_request"  # open room: no members
     await owner.send(type="private", private="yes")
     assert (await owner.expect("error"))["code"] == "bad_request"
     await owner.close()
