@@ -173,3 +173,28 @@ async def test_tui_marks_http_posts(relay: RelayProcess, room: str) -> None:
             body = {"from": f"hook-{room}", "text": "deployed"}
             assert (await http.post(f"/rooms/{room}/messages", json=body)).status_code == 201
         await until(pilot, lambda: has_line(app, room, f"hook-{room} (via http) deployed"))
+
+
+def test_random_names_avoid_every_known_identity() -> None:
+    """The random name a newcomer would get is held by an offline identity: it gets another.
+    coolname draws from the `random` module, so seeding it makes the first draw known."""
+    import random
+
+    from coolname import generate_slug
+
+    from relay.core import Hub
+    from relay.store import MemoryStore
+    from relay.tokens import TokenSigner
+    from tests.test_core import Recorder
+
+    random.seed(2026)
+    first = generate_slug(2)
+    store = MemoryStore()
+    store.set_identity_name("offline-subject", first)
+    hub = Hub(store, TokenSigner(b"secret"))
+    newcomer = Recorder()
+    random.seed(2026)
+    hub.join(newcomer, "lobby")
+    assert newcomer.user is not None
+    assert newcomer.user.name != first
+    assert store.subject_of(first) == "offline-subject"
