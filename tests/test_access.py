@@ -15,6 +15,7 @@ import websockets
 
 from relay.access import Redact
 from shared.protocol import SUBPROTOCOL
+from tests import rawws
 from tests.relayproc import JsonClient, RelayProcess, closed
 from tests.test_cli_plain import run_async
 
@@ -229,3 +230,17 @@ def test_keys_and_tokens_are_redacted_in_logs() -> None:
 async def test_unkeyed_relay_still_open(relay: RelayProcess, room: str) -> None:
     client = await JsonClient.connect(relay.url(room))
     await asyncio.wait_for(client.close(), 5)
+
+
+async def test_websocket_with_a_rebound_host_is_closed(relay: RelayProcess) -> None:
+    """A page on evil.example whose name now points at 127.0.0.1 opens the WebSocket."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    handshake = rawws.upgrade("/chat/rebound").replace(b"Host: 127.0.0.1", b"Host: evil.example")
+    writer.write(handshake)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    opcode, payload = await asyncio.wait_for(rawws.read_frame(reader), 5)
+    assert opcode == 0x8
+    assert int.from_bytes(payload[:2], "big") == 1008
+    assert b"evil.example" in payload[2:] and b"not served here" in payload[2:]
+    writer.close()
