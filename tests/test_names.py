@@ -198,3 +198,24 @@ def test_random_names_avoid_every_known_identity() -> None:
     assert newcomer.user is not None
     assert newcomer.user.name != first
     assert store.subject_of(first) == "offline-subject"
+
+
+def test_sqlite_names_from_before_look_alike_keys_are_rekeyed(tmp_path) -> None:
+    """A database written when names were keyed by casefold answers by look-alike key."""
+    import sqlite3
+
+    from relay.sqlite_store import MIGRATIONS, SQLiteStore
+
+    path = tmp_path / "chat.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(f"BEGIN; {MIGRATIONS[0]} PRAGMA user_version = 1; COMMIT;")
+    db.execute("INSERT INTO identities VALUES ('s-alice', 'Alice')")
+    db.execute("INSERT INTO names VALUES ('alice', 's-alice')")
+    db.close()
+    store = SQLiteStore(path)
+    try:
+        assert store.subject_of("ALICE") == "s-alice"
+        assert store.subject_of("a1ice") == "s-alice"
+        assert store.identity_name("s-alice") == "Alice"
+    finally:
+        store.close()
