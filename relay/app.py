@@ -17,11 +17,12 @@ from starlette.websockets import WebSocket
 from relay.connection import Connection
 from relay.core import Hub, PostError
 from relay.direct import Flusher
+from relay.login import account_routes, threaded_offload
 from shared import protocol as p
 
 log = logging.getLogger("relay.app")
 
-_POST_STATUS = {p.NAME_TAKEN: 409, p.TOO_LARGE: 413, p.RATE_LIMITED: 429}
+_POST_STATUS = {p.NAME_TAKEN: 409, p.TOO_LARGE: 413, p.RATE_LIMITED: 429, p.NOT_MEMBER: 403}
 _COUNT_DIGITS = 18
 
 
@@ -46,7 +47,7 @@ class ChatEndpoint:
         except ValueError as bad:
             await websocket.close(p.CLOSE_POLICY, str(bad))
             return
-        problem = p.room_error(room)
+        problem = p.room_error(room) or self.hub.refusal(params["token"], room)
         if problem is not None:
             await websocket.close(p.CLOSE_POLICY, problem)
             return
@@ -88,12 +89,16 @@ def _join_params(websocket: WebSocket, history: int) -> dict[str, Any]:
 
 
 def create_app(hub: Hub) -> Router:
+    hub.offload = threaded_offload
+
     async def healthz(request: Request) -> Response:
         return JSONResponse(
             {"status": "ok", "connections": len(hub.clients), "rooms": len(hub.rooms)}
         )
 
     async def rooms(request: Request) -> Response:
+        # Invite-only rooms are listed to their members only (identity token as for /chat).
+        visible = hub.registry.readable(list(hub.rooms), hub.subject_for(_token(request)))
         listing = [
             {
                 "room": room.name,
@@ -101,8 +106,10 @@ def create_app(hub: Hub) -> Router:
                 "connections": len(room.clients),
                 "topic": hub.store.topic(room.name),
                 "owner": hub.owner_name(room.name),
+                "private": hub.registry.is_private(room.name),
             }
             for room in sorted(hub.rooms.values(), key=lambda room: room.name)
+            if room.name in visible
         ]
         return JSONResponse({"rooms": listing})
 
@@ -113,6 +120,8 @@ def create_app(hub: Hub) -> Router:
             return _error(400, p.BAD_ROOM, problem)
         if request.method == "POST":
             return await _post(request, room)
+        if not hub.may_enter(room, hub.subject_for(_token(request))):
+            return _error(403, p.NOT_MEMBER, f"#{room} is invite-only: members only")
         try:
             before = _count(request.query_params, "before")
             limit = _count(request.query_params, "limit")
@@ -153,11 +162,18 @@ def create_app(hub: Hub) -> Router:
             Route("/rooms", rooms),
             Route("/rooms/{room}/messages", messages, methods=["GET", "POST"]),
             Route("/metrics", metrics),
+            *account_routes(hub),
         ]
     )
     # The chat endpoint sits on a bare router, outside Starlette's exception middleware, so
     # the `send` it gets is the server's own (see relay/direct.py); HTTP keeps the middleware.
     return Router(routes=[WebSocketRoute("/chat/{room}", ChatEndpoint(hub)), Mount("/", api)])
+
+
+def _token(request: Request) -> str | None:
+    """An identity token on an HTTP request: `?token=` or `X-Chat-Token` (Authorization is
+    the access key's)."""
+    return request.query_params.get("token") or request.headers.get("x-chat-token")
 
 
 def _count(query: QueryParams, field: str) -> int | None:

@@ -13,6 +13,8 @@ import re
 from urllib.parse import unquote_plus
 
 REDACTED = "[redacted]"
+# Query parameters that hand out an identity (`token`) or the relay itself (`key`).
+_SECRETS = ("token", "key")
 # A query parameter (its name may be percent-encoded: `%74oken` is `token` too).
 _PARAMETER = re.compile(r"(^|[?&\s'\"])([^=&\s\"'?]*)=([^&\s\"']*)")
 # A token in an event that a debug log shows (`"token":"…"`).
@@ -21,13 +23,13 @@ _INVALID_UTF8 = "Invalid UTF-8 sequence received from client."
 
 
 def _parameter(found: re.Match[str]) -> str:
-    if unquote_plus(found.group(2)).strip().lower() != "token":
+    if unquote_plus(found.group(2)).strip().lower() not in _SECRETS:
         return found.group()
     return f"{found.group(1)}{found.group(2)}={REDACTED}"
 
 
 def scrub(message: str) -> str:
-    """`message` with the value of every token it carries replaced by a mark."""
+    """`message` with the value of every token or access key it carries replaced by a mark."""
     if "=" in message:
         message = _PARAMETER.sub(_parameter, message)
     if '"token"' in message:

@@ -55,6 +55,10 @@ BAD_TEXT = "bad_text"
 _REFUSED = re.compile(
     "[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
 )
+BAD_PASSWORD = "bad_password"
+REGISTERED = "registered"
+NOT_REGISTERED = "not_registered"
+NOT_MEMBER = "not_member"
 
 
 def _valid_chars(text: str) -> bool:
@@ -97,11 +101,15 @@ def text_error(text: str) -> str | None:
 
 
 def name_error(name: str) -> str | None:
-    """Why `name` is not an acceptable user name, or None when it is."""
+    """Why `name` is not an acceptable user name, or None when it is.
+
+    Stricter than room names: ASCII only and a letter first, so no name can pass for another
+    in a different script, nor for a client's own notice lines (`--`, `*`, `!!`).
+    """
     if not 1 <= len(name) <= NAME_MAX:
         return f"name must be 1-{NAME_MAX} characters"
-    if not _valid_chars(name):
-        return "name may contain only letters, digits, '-', '_' and '.'"
+    if not (name.isascii() and name[0].isalpha() and _valid_chars(name)):
+        return "name must start with an ASCII letter; then letters, digits, '-', '_' and '.'"
     return None
 
 
@@ -115,6 +123,12 @@ def close_reason(reason: str) -> str:
     if len(encoded) <= CLOSE_REASON_MAX:
         return reason
     return encoded[:CLOSE_REASON_MAX].decode(errors="ignore")
+
+
+def sender_label(message: Event) -> str:
+    """Who a message is from, as clients show it: a post over HTTP has no identity behind it."""
+    sender = str(message.get("from", "?"))
+    return f"{sender} (via http)" if message.get("via") == "http" else sender
 
 
 def now_rfc3339() -> str:

@@ -316,7 +316,8 @@ async def test_page_up_at_the_top_fetches_older_history(relay, room):
         assert not has_line(a, room, "old 60 ")
         await page_up_to_the_top(pa, a, room)
         await until(pa, lambda: has_line(a, room, "beginning of history"), what="history")
-        texts = [line.split("poster ", 1)[1] for line in lines(a, room) if "poster " in line]
+        via = "poster (via http) "
+        texts = [line.split(via, 1)[1] for line in lines(a, room) if via in line]
         assert texts == [f"old {n}" for n in range(1, 81)]
     # A full log keeps only the newest part of a page and asks again from there, not past it.
     full = make_app(relay, [room])
@@ -326,7 +327,8 @@ async def test_page_up_at_the_top_fetches_older_history(relay, room):
         await page_up_to_the_top(pf, full, room)
         pane = full.screen.panes[room]
         await until(pf, lambda: pane.oldest_seq != 61, what="part of the page")
-        shown = [line.split("poster ", 1)[1] for line in lines(full, room) if "poster " in line]
+        via = "poster (via http) "
+        shown = [line.split(via, 1)[1] for line in lines(full, room) if via in line]
         assert 1 < pane.oldest_seq < 61
         assert shown[0] == f"old {pane.oldest_seq}"
         assert not pane.history_done

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
 
 from shared.protocol import room_error
 from shared.sanitize import one_line
+from tui import access
 from tui.config import Config, ConfigError, state_dir
 from tui.connection import Identity
-from tui.http_api import ApiError, list_rooms, post_message
+from tui.http_api import ApiError, list_rooms, login, post_message, register
 from tui.plain import EXIT_FAILED, EXIT_OK, PlainOptions, PlainSession
 from tui.state import TokenStore
 
@@ -30,6 +33,8 @@ def _common() -> argparse.ArgumentParser:
     add("--server", default=argparse.SUPPRESS, help="relay URL, e.g. ws://127.0.0.1:8000")
     add("--config", type=Path, default=argparse.SUPPRESS, help="config file (TOML)")
     add("--plain", action="store_true", default=argparse.SUPPRESS, help="headless line mode")
+    add("--key", default=argparse.SUPPRESS, help="the relay's access key [CHAT_TUI_KEY]")
+    add("--ca-file", default=argparse.SUPPRESS, help="CA certificates (PEM) for wss://")
     return common
 
 
@@ -52,6 +57,16 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("room", metavar="ROOM")
     send.add_argument("text", metavar="TEXT")
     send.add_argument("--from", dest="sender", default="chat-tui", help="sender name")
+    log_in = commands.add_parser(
+        "login", parents=[common], help="become a registered user on this device"
+    )
+    log_in.add_argument("name", metavar="NAME")
+    sign_up = commands.add_parser(
+        "register",
+        parents=[common],
+        help="claim your name (or NAME, as a new user) with a password",
+    )
+    sign_up.add_argument("--name", help="register a new identity with this name")
     return parser
 
 
@@ -64,10 +79,15 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"config: {error}", EXIT_USAGE)
     if getattr(args, "server", None):
         config.server = args.server
+    config.key = getattr(args, "key", None) or os.environ.get("CHAT_TUI_KEY") or config.key
+    config.ca_file = getattr(args, "ca_file", None) or config.ca_file
+    access.configure(access.ClientAccess(config.key, config.ca_file))
     if args.command == "rooms":
         sys.exit(asyncio.run(_rooms(config)))
     if args.command == "send":
         sys.exit(asyncio.run(_send(config, args.room, args.sender, args.text)))
+    if args.command in ("login", "register"):
+        sys.exit(asyncio.run(_account(config, args)))
     for room in args.rooms:
         problem = room_error(room)
         if problem:
@@ -119,6 +139,32 @@ async def _send(config: Config, room: str, sender: str, text: str) -> int:
     except ApiError as error:
         _fail(str(error), EXIT_FAILED)
     print(f"sent #{one_line(room)} seq {one_line(str(message.get('seq')))}")
+    return EXIT_OK
+
+
+async def _account(config: Config, args: argparse.Namespace) -> int:
+    """`login`/`register`: the password from the terminal (not echoed) or one line of stdin."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    tokens = TokenStore(state_dir() / "identity.json")
+    try:
+        if args.command == "login":
+            answer = await login(config.http_base, args.name, password)
+        else:
+            token = None if args.name else tokens.get(config.server)
+            if token is None and not args.name:
+                _fail("no identity yet: connect once, or give --name NAME", EXIT_USAGE)
+            answer = await register(config.http_base, password, token, args.name)
+    except ApiError as error:
+        _fail(str(error), EXIT_FAILED)
+    token, name = answer.get("token"), answer.get("name")
+    if not isinstance(token, str):
+        _fail("the relay sent no token", EXIT_FAILED)
+    tokens.put(config.server, token)
+    verb = "logged in" if args.command == "login" else "registered"
+    print(f"{verb} as {one_line(str(name))}; token saved in {tokens.path}")
     return EXIT_OK
 
 

@@ -26,13 +26,14 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.typing import Subprotocol
 
 from shared.protocol import CLOSE_POLICY, SUBPROTOCOL, Event, decode_frame, encode
+from tui import access
 
 SEEN_IDS = 4096
 # The room owner kicked us (4001) or closed the room (4002): reconnecting would be wrong.
 FINAL_CLOSES = {4001: "kicked by the room owner", 4002: "the room was closed by its owner"}
 # Requests the relay always answers (with their event or an `error`); only these wait in flight.
 # `dm_accept`/`dm_decline` succeed silently, so tracking them would blame a later error on them.
-ANSWERED = {"nick", "dm", "who", "history", "topic"}
+ANSWERED = {"nick", "dm", "who", "history", "topic", "private", "invite", "remove", "owner"}
 
 
 class State(Enum):
@@ -212,8 +213,11 @@ class RoomLink:
             self._status(State.CONNECTING)
             detail = ""
             try:
+                url = self.url(token)
                 async with websockets.connect(
-                    self.url(token),
+                    url,
+                    additional_headers=access.current.headers(),
+                    ssl=access.current.ssl_context() if url.startswith("wss:") else None,
                     subprotocols=[Subprotocol(SUBPROTOCOL)],
                     open_timeout=10,
                     max_size=None,

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TextIO
 
-from shared.protocol import Event, name_error
+from shared.protocol import Event, name_error, sender_label
 from shared.sanitize import one_line
 from tui.commands import CommandError, help_lines, is_command, literal, parse
 from tui.config import Config
@@ -95,7 +95,7 @@ class PlainSession:
             return one_line(str(event.get(field, "")))
 
         if kind == "message":
-            self._print(f"{get('from')} :: {get('text')}")
+            self._print(f"{one_line(sender_label(event))} :: {get('text')}")
         elif kind == "dm":
             self._print(f"{get('from')} -> {get('to')} :: {get('text')}")
         elif kind == "welcome":

@@ -20,7 +20,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, TabbedContent
 from textual.worker import Worker
 
-from shared.protocol import Event, name_error, room_error
+from shared.protocol import Event, name_error, room_error, sender_label
 from shared.sanitize import one_line
 from tui.commands import COMMANDS, Command, CommandError, is_command, literal, parse
 from tui.connection import Backoff, LinkFailed, RoomLink, State, Status
@@ -220,7 +220,7 @@ class ChatScreen(Screen[None]):
             self._history(pane, event)
         elif kind == "error":
             self._error(pane, event)
-        elif kind in ("topic", "kick", "closed"):
+        elif kind in ("topic", "kick", "closed", "private", "invited", "removed", "owner"):
             self._owner_event(pane, event)
         elif kind == "read":
             self._read(pane, event)
@@ -240,6 +240,8 @@ class ChatScreen(Screen[None]):
             pane.chat_log.write(fmt.system(clock.now(), f"you joined #{pane.key} as {you}"))
             if isinstance(event.get("topic"), str):
                 pane.chat_log.write(fmt.system(clock.now(), f"topic: {event['topic']}"))
+            if event.get("private") is True:
+                pane.chat_log.write(fmt.system(clock.now(), "this room is invite-only"))
         if self.chat.wanted_name and self.me != self.chat.wanted_name:
             link = self.links.get(pane.key)
             if link is not None:
@@ -268,7 +270,7 @@ class ChatScreen(Screen[None]):
         pane.last_day = moment.date()
 
     def _message(self, pane: RoomPane, event: Event) -> None:
-        sender, text = str(event.get("from", "?")), str(event.get("text", ""))
+        sender, text = sender_label(event), str(event.get("text", ""))
         own = sender == self.me
         mention = not own and mentions(text, self.me)
         seq = event.get("seq")
@@ -409,6 +411,12 @@ class ChatScreen(Screen[None]):
             text = f"{by} set the topic: {event.get('topic', '')}"
         elif kind == "kick":
             text = f"{by} kicked {event.get('name', '?')}"
+        elif kind == "private":
+            text = f"{by} made the room " + ("invite-only" if event.get("private") else "open")
+        elif kind in ("invited", "removed"):
+            text = f"{by} {kind} {event.get('name', '?')} (#{event.get('room', '?')})"
+        elif kind == "owner":
+            text = f"{by} handed the room over to {event.get('owner', '?')}"
         else:
             text = f"{by} closed the room"
         pane.chat_log.write(self.formatter.system(self.chat.clock.local(event.get("ts")), text))
@@ -463,7 +471,7 @@ class ChatScreen(Screen[None]):
         ]
         texts: list[Text] = []
         for message in older:
-            sender, text = str(message.get("from", "?")), str(message.get("text", ""))
+            sender, text = sender_label(message), str(message.get("text", ""))
             own = sender == self.me
             mention = not own and mentions(text, self.me)
             moment = clock.local(message.get("ts"))
@@ -616,6 +624,17 @@ class ChatScreen(Screen[None]):
             link.send({"type": f"dm_{name}", "from": who})
         elif name == "topic":
             self._room_link(pane, name).send({"type": "topic", "text": arg})
+        elif name == "private":
+            if arg not in ("on", "off"):
+                raise CommandError("usage: /private on|off")
+            self._room_link(pane, name).send({"type": "private", "private": arg == "on"})
+        elif name in ("invite", "remove", "owner"):
+            self._room_link(pane, name).send({"type": name, "name": arg})
+        elif name == "logout-everywhere":
+            self._room_link(pane, name).send({"type": "logout_everywhere"})
+        elif name == "register":
+            hint = "run `chat-tui register` in a shell: it reads the password without echo"
+            self._local(pane, fmt.info(hint))
         elif name == "who":
             self._room_link(pane, name).send({"type": "who"})
         elif name == "rooms":
@@ -634,7 +653,7 @@ class ChatScreen(Screen[None]):
     async def _list_rooms(self, pane: RoomPane | None) -> None:
         fmt = self.formatter
         try:
-            rooms = await list_rooms(self.chat.config.http_base)
+            rooms = await list_rooms(self.chat.config.http_base, self.chat.identity.token)
         except ApiError as error:
             self._local(pane, fmt.error(str(error)))
             return
@@ -642,6 +661,7 @@ class ChatScreen(Screen[None]):
             self._local(pane, fmt.info("no active rooms"))
         for room in rooms:
             line = f"#{room.get('room')}  {room.get('members')} member(s)"
+            line += "  invite-only" if room.get("private") else ""
             self._local(pane, fmt.info(line))
 
     @on(ChatInput.PastedLines)
