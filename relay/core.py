@@ -1117,11 +1117,11 @@ def _fields_problem(request: Event) -> str | None:
     here, once per request. `text` is left to `Hub._text_problem`, which every handler that
     uses it runs anyway.
     """
-    for key, value in request.items():
-        if key != "text" and isinstance(value, str):
+    for field, value in request.items():
+        if field != "text" and isinstance(value, str):
             problem = p.text_error(value)
             if problem is not None:
-                return f"{key!r}: {problem}"[:200]
+                return f"{field!r}: {problem}"[:200]
     return None
 
 
