@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket
 from relay.connection import Connection
 from relay.core import Hub, PostError
 from relay.direct import Flusher
+from relay.webclient import WebClient
 from shared import protocol as p
 
 _POST_STATUS = {p.NAME_TAKEN: 409, p.TOO_LARGE: 413}
@@ -138,6 +139,7 @@ def create_app(hub: Hub) -> Router:
             Route("/rooms", rooms),
             Route("/rooms/{room}/messages", messages, methods=["GET", "POST"]),
             Route("/metrics", metrics),
+            Mount("/", WebClient()),
         ]
     )
     # The chat endpoint sits on a bare router, outside Starlette's exception middleware, so
