@@ -16,6 +16,7 @@ from relay.core import Hub, Limits
 from relay.sqlite_store import SQLiteStore
 from relay.store import MemoryStore, Store
 from relay.tokens import TokenSigner, load_secret
+from relay.webclient import how_to_connect
 from shared.xdg import state_home
 
 DRAIN_SECONDS = 5.0
@@ -65,10 +66,14 @@ class RelayServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        addresses: list[tuple[str, int]] = []
         for server in self.servers:
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]
+                addresses.append((host, port))
                 print(f"chat relay on ws://{host}:{port}/chat/{{room}}", flush=True)
+        if addresses:
+            print("\n".join(how_to_connect(*addresses[0])), flush=True)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:

@@ -54,3 +54,15 @@ class WebClient:
             await send(message)
 
         await self.files(scope, receive, send_with_headers)
+
+
+def how_to_connect(host: str, port: int, room: str = "lobby") -> list[str]:
+    """The lines `serve` prints after its address, so a newcomer knows both ways in."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return [
+        f"in a browser: http://{host}:{port}/#{room}",
+        f"in a terminal: chat-tui connect {room} --server ws://{host}:{port}",
+    ]
