@@ -14,6 +14,7 @@ from starlette.routing import Mount, Route, Router, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from relay import announce
 from relay.connection import Connection
 from relay.core import Hub, PostError
 from relay.direct import Flusher
@@ -77,7 +78,7 @@ def _join_params(websocket: WebSocket, history: int) -> dict[str, Any]:
     }
 
 
-def create_app(hub: Hub) -> Router:
+def create_app(hub: Hub, key: str | None = None) -> Router:
     async def healthz(request: Request) -> Response:
         return JSONResponse(
             {"status": "ok", "connections": len(hub.clients), "rooms": len(hub.rooms)}
@@ -139,6 +140,7 @@ def create_app(hub: Hub) -> Router:
             Route("/rooms", rooms),
             Route("/rooms/{room}/messages", messages, methods=["GET", "POST"]),
             Route("/metrics", metrics),
+            Route("/announce", announce.endpoint(hub, key), methods=["POST"]),
             Mount("/", WebClient()),
         ]
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import uvicorn
 
+from relay import announce
 from relay.app import create_app, drain
 from relay.core import Hub, Limits
 from relay.sqlite_store import SQLiteStore
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         ("burst", int, defaults.burst, "messages a connection may send at once"),
         ("send-queue-bytes", int, defaults.send_queue_bytes, "per-connection queue budget"),
         ("secret", str, None, "token signing secret (default: generated, kept in state dir)"),
+        ("key", str, None, "access key; POST /announce requires it (none: announcements off)"),
         ("state-dir", Path, state_home("chat-relay"), "where the relay keeps its state"),
         ("db", str, None, "SQLite database (default: STATE_DIR/chat.db; :memory: keeps none)"),
         ("retain-messages", int, 0, "messages the database keeps per room (0: no cap)"),
@@ -54,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         env = "CHAT_RELAY_" + flag.upper().replace("-", "_")
         value = os.environ.get(env, default)
         serve.add_argument(f"--{flag}", type=kind, default=value, help=f"{help_text} [{env}]")
+    announce.add_parser(commands)
     return parser
 
 
@@ -84,6 +87,8 @@ class RelayServer(uvicorn.Server):
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.command == "announce":
+        raise SystemExit(announce.run(args))
     limits = Limits(
         max_message_bytes=args.max_message_bytes,
         rate=args.rate,
@@ -97,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     store = _store(args, limits.history)
     hub = Hub(store, signer, limits)
     config = uvicorn.Config(
-        create_app(hub),
+        create_app(hub, args.key),
         host=args.host,
         port=args.port,
         ws=args.ws,
