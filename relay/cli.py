@@ -11,7 +11,7 @@ from pathlib import Path
 
 import uvicorn
 
-from relay import announce
+from relay import announce, demo
 from relay.app import create_app, drain
 from relay.core import Hub, Limits
 from relay.sqlite_store import SQLiteStore
@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         value = os.environ.get(env, default)
         serve.add_argument(f"--{flag}", type=kind, default=value, help=f"{help_text} [{env}]")
     announce.add_parser(commands)
+    demo.add_parser(commands)
     return parser
 
 
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "announce":
         raise SystemExit(announce.run(args))
+    if args.command == "demo":
+        raise SystemExit(demo.run(args))
     limits = Limits(
         max_message_bytes=args.max_message_bytes,
         rate=args.rate,
