@@ -95,6 +95,7 @@ class Tab {
     this.atBottom = true;
     this.myLastSeq = null;
     this.seenBy = new Set();
+    this.recovered = null; // the last welcome's answer to a resume
   }
 
   get label() {
@@ -474,6 +475,7 @@ class App {
     tab.owner = typeof event.owner === "string" ? event.owner : null;
     tab.topic = typeof event.topic === "string" ? event.topic : null;
     const marker = Number.isInteger(event.read) ? event.read : 0;
+    tab.recovered = typeof event.recovered === "boolean" ? event.recovered : null;
     if (event.epoch !== tab.epoch) {
       // Seqs of a new epoch say nothing about the old one: read state and paging start over.
       tab.epoch = event.epoch;

@@ -263,7 +263,11 @@ export class RoomLink {
     if (kind === "welcome") {
       this.welcome(event);
     } else if (kind === "message") {
-      if (!this.track(event)) return;
+      // A replayed message we already showed still counts towards the replay's end.
+      if (!this.track(event)) {
+        this.replayed();
+        return;
+      }
     } else if (kind === "error" && typeof event.cid === "string") {
       // The relay names the request an error answers: a refused say is not retried.
       const pending = this.outbox.get(event.cid);
@@ -273,7 +277,11 @@ export class RoomLink {
       }
     }
     this.sink(event);
-    if (kind === "message" && this.replayLeft > 0) {
+    if (kind === "message") this.replayed();
+  }
+
+  replayed() {
+    if (this.replayLeft > 0) {
       this.replayLeft -= 1;
       if (this.replayLeft === 0) this.goLive();
     }
