@@ -197,6 +197,8 @@ class Cast:
         self.rng = rng
         self.links: dict[tuple[str, str], BotLink] = {}
         self.greeted: set[str] = set()
+        # The random names the bots had before they renamed: those joins are no newcomers.
+        self.aliases: set[str] = set(BOTS)
         self.answered: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -208,6 +210,7 @@ class Cast:
                     continue
                 link = BotLink(self, bot, room, primary=token is None)
                 welcome = await link.connect(token)
+                self.aliases.add(str(welcome["you"]))
                 if token is None:
                     token = str(welcome["token"])
                     await link.send(type="nick", name=bot)
@@ -228,9 +231,9 @@ class Cast:
         kind, sender = event.get("type"), event.get("from")
         if kind == "join" and link.leads:
             name = str(event.get("name"))
-            if name not in BOTS and name not in self.greeted:
+            if name not in self.greeted:
                 self.greeted.add(name)
-                self._later(link, 1.5, type="say", text=f"welcome, {name}! 👋")
+                self._greet(link, name)
         elif kind == "message" and sender not in BOTS and isinstance(sender, str):
             for bot in _names(str(event.get("text", ""))):
                 replier = self.links.get((bot, link.room))
@@ -250,6 +253,15 @@ class Cast:
             sender = str(event.get("from"))
             text = self.rng.choice(DM_REPLIES).format(name=sender)
             self._later(link, 2.0, type="dm", to=sender, text=text)
+
+    def _greet(self, link: BotLink, name: str) -> None:
+        async def greet() -> None:
+            await asyncio.sleep(self.pace * 1.5 * self.rng.uniform(0.8, 1.6))
+            # Checked only now: a bot's join can arrive before its own welcome was read.
+            if name not in self.aliases:
+                await link.send(type="say", text=f"welcome, {name}! 👋")
+
+        self._spawn(greet())
 
     def _later(self, link: BotLink, seconds: float, **request: object) -> None:
         async def act() -> None:
