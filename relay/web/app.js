@@ -286,7 +286,7 @@ class App {
       list.append(item);
     }
     $("members-title").textContent = `Members (${names.length})`;
-    $("members-toggle").textContent = `👥 ${names.length}`;
+    $("members-toggle").textContent = `Members ${names.length}`;
   }
 
   renderStatus() {
