@@ -59,6 +59,14 @@ async def test_two_browsers_and_a_raw_client_talk_both_ways(relay, room, pages) 
     bob.wait_text(room, "hello from alice")
     seen = await raw.expect("message", text="hello from alice")
     assert seen["from"] == alice.me
+    await raw.send(type="read", seq=seen["seq"])
+    alice.wait(
+        lambda: (
+            raw.welcome["you"]
+            in alice.js("return window.chatApp.tabs.get(arguments[0]).seen.textContent", room)
+        ),
+        "the seen-by line",
+    )
 
     bob.type("and bob answers")
     alice.wait_text(room, "and bob answers")

@@ -623,7 +623,8 @@ class App {
     const detail = String(event.detail ?? event.code ?? "error");
     if (event.refused !== undefined) {
       const text = String(event.refused.text ?? "");
-      this.notice(where, `(not sent: ${detail}) ${text}`, "error");
+      const shown = text.length > 80 ? `${text.slice(0, 80)}…` : text;
+      this.notice(where, `(not sent: ${detail}) ${shown}`, "error");
     } else {
       this.notice(where, detail, "error");
     }
