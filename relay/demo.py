@@ -16,6 +16,7 @@ import random
 import re
 import secrets
 import signal
+import sys
 from collections.abc import Coroutine, Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -201,6 +202,7 @@ class Cast:
         self.aliases: set[str] = set(BOTS)
         self.answered: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.ready = asyncio.Event()  # every bot is in its rooms, so newcomers get greeted
 
     async def run(self) -> None:
         for bot in BOTS:
@@ -216,6 +218,7 @@ class Cast:
                     await link.send(type="nick", name=bot)
                 self.links[(bot, room)] = link
                 self._spawn(link.read())
+        self.ready.set()
         await asyncio.gather(*(self._converse(room) for room in SCRIPTS))
 
     async def _converse(self, room: str) -> None:
@@ -335,19 +338,28 @@ async def _demo(port: int, pace: float) -> None:
             return
         await asyncio.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
-    rooms = ",".join(ROOMS)
-    print(f"demo: rooms {', '.join('#' + room for room in ROOMS)}; bots {', '.join(BOTS)}")
-    print(f"demo: all rooms in a browser: http://{HOST}:{port}/#{rooms}")
-    print(
-        f"demo: all rooms in a terminal: chat-tui connect {' '.join(ROOMS)} --server ws://{HOST}:{port}"
-    )
-    print("demo: Ctrl+C stops it", flush=True)
     cast = Cast(port, pace, random.Random())
     talking = asyncio.create_task(cast.run())
     try:
+        ready = asyncio.create_task(cast.ready.wait())
+        await asyncio.wait({ready, serving, talking}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if cast.ready.is_set():
+            _print_ways_in(port)
+        elif talking.done() and not talking.cancelled():
+            print(f"demo: the bots could not join: {talking.exception()!r}", file=sys.stderr)
+            server.should_exit = True
         await serving
     finally:
         talking.cancel()
         await asyncio.gather(talking, return_exceptions=True)
         await cast.stop()
         store.close()
+
+
+def _print_ways_in(port: int) -> None:
+    rooms = " ".join(ROOMS)
+    print(f"demo: rooms {', '.join('#' + room for room in ROOMS)}; bots {', '.join(BOTS)}")
+    print(f"demo: all rooms in a browser: http://{HOST}:{port}/#{rooms.replace(' ', ',')}")
+    print(f"demo: all rooms in a terminal: chat-tui connect {rooms} --server ws://{HOST}:{port}")
+    print("demo: Ctrl+C stops it", flush=True)
