@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.browser import start_chromium
 from tests.relayproc import RelayProcess
 
 
@@ -61,3 +62,13 @@ def test_a_smuggled_host_header_does_not_reach_the_policy(relay: RelayProcess) -
 def test_unknown_paths_are_still_404(relay: RelayProcess) -> None:
     assert httpx.get(relay.http + "/nope.js", timeout=5).status_code == 404
     assert httpx.get(relay.http + "/../pyproject.toml", timeout=5).status_code == 404
+
+
+def test_without_chromium_browser_tests_skip_but_fail_under_ci(monkeypatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="chromium"):
+        start_chromium()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="chromium"):
+        start_chromium()

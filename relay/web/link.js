@@ -179,7 +179,7 @@ export class RoomLink {
         this.finish(FINAL_CLOSES.get(code));
         return;
       }
-      if (code === CLOSE_POLICY && /\bkey\b/i.test(reason)) {
+      if (code === CLOSE_POLICY && /\bkey/i.test(reason)) {
         this.finish(reason, { needKey: true });
         return;
       }
