@@ -250,6 +250,26 @@ async def test_history_loads_on_scroll_up_to_the_beginning(relay, room, pages) -
     assert len(page.texts(room, ".day")) == 1
 
 
+async def test_a_long_log_drops_its_oldest_lines_and_pages_them_back(relay, room, pages) -> None:
+    page = pages(page_url(relay, room))
+    page.live(room)
+    page.js("window.chatApp.maxLines = 30; window.chatApp.trimLines = 10")
+    async with httpx.AsyncClient(base_url=relay.http) as http:
+        for n in range(1, 61):
+            await http.post(f"/rooms/{room}/messages", json={"from": "bot", "text": f"m{n}"})
+    page.wait_text(room, "m60")
+    kept = page.texts(room)
+    assert len(kept) <= 30 and kept[-1] == "m60"
+    page.js("window.chatApp.maxLines = 100000")
+
+    def scrolled_to_top() -> bool:
+        page.js("window.chatApp.tabs.get(arguments[0]).log.scrollTop = 0", room)
+        return bool(page.texts(room, ".start"))
+
+    page.wait(scrolled_to_top, "the beginning of the room")
+    assert page.texts(room) == [f"m{n}" for n in range(1, 61)]
+
+
 async def test_unread_and_mention_counts_on_an_inactive_tab(relay, room, pages) -> None:
     other = f"{room}-other"
     page = pages(page_url(relay, f"{room},{other}"))

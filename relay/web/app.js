@@ -8,6 +8,10 @@ import { Identity, RoomLink } from "./link.js";
 import { colorIndex, mentions, nameError, oneLine, roomError, visible } from "./protocol.js";
 
 const HISTORY_PAGE = 100;
+// Lines a log keeps while you read at its bottom (like the TUI's max_lines); scrolling up
+// brings the older ones back from the relay's history.
+const MAX_LINES = 5000;
+const TRIM_LINES = 1000;
 const READ_INTERVAL_MS = 1000;
 const DEFAULT_ROOM = "lobby";
 
@@ -114,6 +118,8 @@ class App {
     this.sentIndex = 0;
     this.completion = null;
     this.quit = false;
+    this.maxLines = MAX_LINES;
+    this.trimLines = TRIM_LINES;
   }
 
   get me() {
@@ -372,9 +378,29 @@ class App {
     log.append(node);
     if (tab.anchorNext) this.setAnchor(tab, node);
     if (follow) {
+      if (log.childElementCount > this.maxLines) this.trim(tab);
       log.scrollTop = log.scrollHeight;
     } else if (tab === this.active) {
       $("below").hidden = false;
+    }
+  }
+
+  /** Drop the oldest lines; their messages can be paged in again from the relay. */
+  trim(tab) {
+    const log = tab.log;
+    for (let n = 0; n < this.trimLines && log.firstElementChild !== null; n++) {
+      const line = log.firstElementChild;
+      if (line.dataset.id) tab.ids.delete(line.dataset.id);
+      if (line === tab.anchor) tab.anchor = null;
+      if (line === tab.marker) tab.marker = null;
+      line.remove();
+    }
+    const first = log.querySelector(".msg[data-seq]");
+    tab.oldestSeq = first === null ? null : Number(first.dataset.seq);
+    tab.historyDone = tab.oldestSeq === null || tab.oldestSeq <= 1;
+    const head = log.firstElementChild;
+    if (head !== null && !head.classList.contains("day") && head.dataset.day) {
+      log.insertBefore(this.daySeparator(new Date(head.querySelector("time").dateTime)), head);
     }
   }
 
@@ -419,6 +445,7 @@ class App {
     tab.state = state;
     tab.stateDetail = detail;
     this.renderTab(tab);
+    if (state === "live") this.fillViewport(tab);
     if (detail.needKey) this.askKey(detail.detail);
     if (this.active === tab || this.active?.kind === "dm") this.renderStatus();
   }
