@@ -22,10 +22,13 @@ from datetime import UTC, datetime, timedelta
 
 import uvicorn
 import websockets
+from uvicorn.config import WS_PROTOCOLS
+from uvicorn.importer import import_from_string
 from websockets.typing import Subprotocol
 
 from relay.app import create_app
 from relay.core import Hub, Limits
+from relay.direct import write_path
 from relay.store import MemoryStore, Store
 from relay.tokens import TokenSigner
 from shared.protocol import SUBPROTOCOL, Event, decode_frame
@@ -319,11 +322,13 @@ async def _demo(port: int, pace: float) -> None:
     store = MemoryStore(limits.history)
     seed(store)
     hub = Hub(store, TokenSigner(secrets.token_bytes(32)), limits)
+    ws_protocol = import_from_string(WS_PROTOCOLS["websockets-sansio"])
+    hub.metrics.write_path = write_path(ws_protocol, send_wrapped=False)
     config = uvicorn.Config(
         create_app(hub),
         host=HOST,
         port=port,
-        ws="websockets-sansio",
+        ws=ws_protocol,
         ws_max_size=limits.max_frame_bytes,
         ws_per_message_deflate=False,
         lifespan="off",
