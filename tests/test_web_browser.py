@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.browser import Page, chromium  # noqa: F401 (the fixture)
-from tests.relayproc import JsonClient, RelayProcess
+from tests.relayproc import JsonClient, RelayProcess, closed
 
 KEY = "browser-test-key"
 
@@ -188,6 +188,21 @@ async def test_a_restart_that_lost_history_shows_the_gap(relay_factory, room, pa
     ]
     assert page.js("return window.chatApp.tabs.get(arguments[0]).recovered", room) is False
     await raw.close()
+
+
+async def test_the_owner_kicks_and_closes_from_the_page(relay, room, pages) -> None:
+    page = pages(page_url(relay, room))
+    page.live(room)
+    raw = await JsonClient.connect(relay.url(room))
+    assert raw.welcome["owner"] == page.me
+    page.type(f"/kick {raw.welcome['you']}")
+    assert await closed(raw.ws) == (4001, f"kicked by {page.me}")
+    page.wait_text(room, f"{raw.welcome['you']} was kicked by {page.me}", ".sys")
+    page.type("/close")
+    page.wait(lambda: page.state(room) == "offline", "the room to close")
+    assert page.js("return window.chatApp.tabs.get(arguments[0]).stateDetail.detail", room) == (
+        "the room was closed by its owner"
+    )
 
 
 async def test_dm_request_is_accepted_in_the_browser(relay, room, pages) -> None:

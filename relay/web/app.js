@@ -823,9 +823,13 @@ class App {
       case "topic":
         if (roomLink === null) return note("/topic works in a room tab", "error");
         return roomLink.send({ type: "topic", text: arg });
+      case "kick":
+        if (roomLink === null) return note("/kick works in a room tab", "error");
+        return roomLink.send({ type: "kick", name: arg });
+      case "close":
       case "who":
-        if (roomLink === null) return note("/who works in a room tab", "error");
-        return roomLink.send({ type: "who" });
+        if (roomLink === null) return note(`/${name} works in a room tab`, "error");
+        return roomLink.send({ type: name });
       case "rooms":
         return this.listRooms(note);
       case "clear":

@@ -1,4 +1,4 @@
-// Slash commands: the TUI's set (tui/commands.py), parsed the same way.
+// Slash commands: the TUI's set (its commands module), parsed the same way.
 
 // name -> [argument synopsis, help text, needs an argument]
 export const COMMANDS = new Map([
@@ -9,6 +9,8 @@ export const COMMANDS = new Map([
   ["accept", ["[NAME]", "accept NAME's request to send you private messages", false]],
   ["decline", ["[NAME]", "decline NAME's request to send you private messages", false]],
   ["topic", ["TEXT", "set the room topic (room owner only)", true]],
+  ["kick", ["NAME", "remove NAME from the room (room owner only)", true]],
+  ["close", ["", "close the room for everyone in it (room owner only)", false]],
   ["who", ["", "list the members of the current room", false]],
   ["rooms", ["", "list the relay's active rooms", false]],
   ["clear", ["", "clear the current tab's log", false]],
