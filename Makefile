@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test fuzz lint format bench clean
+.PHONY: run demo test fuzz lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/chat-relay serve
+
+demo: $(STAMP)
+	$(BIN)/chat-relay demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -14,10 +14,12 @@ from starlette.routing import Mount, Route, Router, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from relay import announce
 from relay.connection import Connection
 from relay.core import Hub, PostError
 from relay.direct import Flusher
 from relay.login import account_routes, threaded_offload
+from relay.webclient import WebClient
 from shared import protocol as p
 
 log = logging.getLogger("relay.app")
@@ -88,7 +90,7 @@ def _join_params(websocket: WebSocket, history: int) -> dict[str, Any]:
     }
 
 
-def create_app(hub: Hub) -> Router:
+def create_app(hub: Hub, key: str | None = None) -> Router:
     hub.offload = threaded_offload
 
     async def healthz(request: Request) -> Response:
@@ -163,6 +165,8 @@ def create_app(hub: Hub) -> Router:
             Route("/rooms/{room}/messages", messages, methods=["GET", "POST"]),
             Route("/metrics", metrics),
             *account_routes(hub),
+            Route("/announce", announce.endpoint(hub, key), methods=["POST"]),
+            Mount("/", WebClient()),
         ]
     )
     # The chat endpoint sits on a bare router, outside Starlette's exception middleware, so

@@ -19,7 +19,7 @@ import uvicorn
 from uvicorn.config import WS_PROTOCOLS
 from uvicorn.importer import import_from_string
 
-from relay import access, logs
+from relay import access, announce, demo, logs
 from relay.accounts import Registry
 from relay.app import create_app, drain
 from relay.core import NAME_GRACE, Hub, Limits
@@ -29,6 +29,7 @@ from relay.names import key
 from relay.sqlite_store import SQLiteStore
 from relay.store import MemoryStore, Store
 from relay.tokens import load_secret
+from relay.webclient import how_to_connect
 from shared.xdg import state_home
 
 guarded: ModuleType | None
@@ -96,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     state_env = os.environ.get("CHAT_RELAY_STATE_DIR", state_home("chat-relay"))
     revoke.add_argument("--state-dir", type=Path, default=state_env, help="[CHAT_RELAY_STATE_DIR]")
     revoke.add_argument("--db", default=os.environ.get("CHAT_RELAY_DB"), help="[CHAT_RELAY_DB]")
+    announce.add_parser(commands)
+    demo.add_parser(commands)
     return parser
 
 
@@ -108,11 +111,15 @@ class RelayServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        addresses: list[tuple[str, int]] = []
         for server in self.servers:
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]
+                addresses.append((host, port))
                 scheme = "wss" if self.config.is_ssl else "ws"
                 print(f"chat relay on {scheme}://{host}:{port}/chat/{{room}}", flush=True)
+        if addresses:
+            print("\n".join(how_to_connect(*addresses[0])), flush=True)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -134,6 +141,10 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "tokens":
         sys.exit(_revoke(args))
+    if args.command == "announce":
+        raise SystemExit(announce.run(args))
+    if args.command == "demo":
+        raise SystemExit(demo.run(args))
     limits = Limits(
         max_message_bytes=args.max_message_bytes,
         rate=args.rate,
@@ -176,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         http_protocol, ws_protocol = guarded.protocols(guard, ws_protocol)
     config = uvicorn.Config(
-        access.AccessMiddleware(create_app(hub), access.policy_from(args)),
+        access.AccessMiddleware(create_app(hub, args.key), access.policy_from(args)),
         host=args.host,
         port=args.port,
         http=http_protocol,

@@ -1008,6 +1008,22 @@ class Hub:
             self._fanout(room, Outgoing(message, _plain(f"{sender} (via http) :: ", text)))
         return message
 
+    def announce(self, text: str) -> tuple[Event, int]:
+        """An operator's notice to every live room; raises `PostError` when refused.
+
+        Not a room message: it takes no seq and is kept nowhere, so it reaches who is connected
+        now. The event and the number of rooms it went to are returned.
+        """
+        problem = self._text_problem(text)
+        if problem is not None:
+            raise PostError(*problem)
+        notice: Event = {"type": "announce", "id": self._next_id(), "ts": p.now_rfc3339()}
+        rooms = list(self.rooms.values())
+        for room in rooms:
+            event = {**notice, "room": room.name, "text": text}
+            self._fanout(room, Outgoing(event, f"* announcement: {text}"))
+        return {**notice, "text": text}, len(rooms)
+
     # -- shutdown -------------------------------------------------------------------------------
 
     def close_all(self, code: int, reason: str) -> None:

@@ -119,6 +119,8 @@ class PlainSession:
             self._print(f"* {get('by')} set the topic: {get('topic')}", system=True)
         elif kind == "read":
             self._print(f"* {get('name')} read up to seq {get('seq')}", system=True)
+        elif kind == "announce":
+            self._print(f"* announcement: {get('text')}")
 
     def _status(self, status: Status) -> None:
         if status.state == State.RECONNECTING:

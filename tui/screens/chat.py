@@ -224,6 +224,9 @@ class ChatScreen(Screen[None]):
             self._owner_event(pane, event)
         elif kind == "read":
             self._read(pane, event)
+        elif kind == "announce":
+            moment = self.chat.clock.local(event.get("ts"))
+            pane.chat_log.write(self.formatter.announce(moment, str(event.get("text", ""))))
 
     def _welcome(self, pane: RoomPane, event: Event) -> None:
         fmt, clock = self.formatter, self.chat.clock
