@@ -3,7 +3,8 @@
 1,000 chat.v1 clients in 50 rooms talk at human rates (a message every 5-25 s each); a fifth of
 them keep leaving and coming back. Alongside, hostile clients do what issue 8 found: ping
 floods without reading, padded `read` floods, slowloris handshakes and silent TCP sockets.
-Every client connects from its own 127.0.0.x address (20 people per address), as people would.
+Every client connects from its own 127.0.0.x address (20 people per address), as people would;
+the attackers run in a process of their own, so their busy loops cannot delay the people's.
 
 It reports, for the clients that stayed the whole time, every message the relay acknowledged in
 their room against what they received (they must be equal), delivery latency p99 and the
@@ -52,6 +53,7 @@ class Tally:
     acked: dict[str, dict[str, float]] = field(default_factory=dict)  # room -> id -> echo time
     received: dict[int, set[str]] = field(default_factory=dict)  # stayer -> ids it got
     joined: dict[int, float] = field(default_factory=dict)  # stayer -> when its welcome came
+    dropped: set[int] = field(default_factory=set)  # stayers whose connection was closed
     latencies: list[float] = field(default_factory=list)  # current window, seconds
     sent: int = 0
     connects: int = 0
@@ -85,22 +87,33 @@ class Soak:
         address = f"127.0.0.{2 + index % 50}"
         url = f"ws://127.0.0.1:{self.port}/chat/{room}"
         while self.running():
-            sock = await self.socket_from(address)
-            async with websockets.connect(url, subprotocols=[SUBPROTOCOL], sock=sock) as ws:
-                self.tally.connects += 1
-                reader = asyncio.ensure_future(self.read(ws, index, room, stays))
-                leave_at = self.stop_at if stays else self.loop.time() + random.uniform(*STAY_FOR)
-                with contextlib.suppress(websockets.ConnectionClosed):
-                    await asyncio.sleep(random.uniform(0, SAY_EVERY[1]))
-                    while self.loop.time() < min(leave_at, self.stop_at):
-                        uid = f"{index}-{next(self.ids)}"
-                        text = f"soak {uid} {time.monotonic():.6f}"
-                        await ws.send(json.dumps({"type": "say", "text": text, "cid": uid}))
-                        self.tally.sent += 1
-                        await asyncio.sleep(random.uniform(*SAY_EVERY))
+            try:
+                sock = await self.socket_from(address)
+                ws = await websockets.connect(url, subprotocols=[SUBPROTOCOL], sock=sock)
+            except (OSError, TimeoutError, websockets.WebSocketException) as error:
+                self.tally.bump(self.tally.errors, f"connect: {type(error).__name__}")
+                await asyncio.sleep(1)
+                continue
+            self.tally.connects += 1
+            reader = asyncio.ensure_future(self.read(ws, index, room, stays))
+            leave_at = self.stop_at if stays else self.loop.time() + random.uniform(*STAY_FOR)
+            try:
+                await asyncio.sleep(random.uniform(0, SAY_EVERY[1]))
+                while self.loop.time() < min(leave_at, self.stop_at):
+                    uid = f"{index}-{next(self.ids)}"
+                    text = f"soak {uid} {time.monotonic():.6f}"
+                    await ws.send(json.dumps({"type": "say", "text": text, "cid": uid}))
+                    self.tally.sent += 1
+                    await asyncio.sleep(random.uniform(*SAY_EVERY))
                 if stays:
                     await asyncio.sleep(QUIET)
-                reader.cancel()
+            except websockets.ConnectionClosed as closed:
+                self.tally.bump(self.tally.errors, f"closed {closed.rcvd and closed.rcvd.code}")
+                if stays:  # it did not stay after all: its count is left out
+                    self.tally.dropped.add(index)
+                    stays = False
+            reader.cancel()
+            await ws.close()
             if stays:
                 return
             await asyncio.sleep(random.uniform(1, 5))
@@ -139,6 +152,7 @@ class Soak:
                 while self.running():
                     writer.write(pings)
                     await asyncio.wait_for(writer.drain(), 10)
+                    await asyncio.sleep(0)  # drain() does not yield while the socket takes it all
                 self.tally.bump(self.tally.hostile, "ping flood outlived the soak")
                 continue
             self.tally.bump(self.tally.hostile, "ping flood cut")
@@ -154,6 +168,7 @@ class Soak:
                 with contextlib.suppress(websockets.ConnectionClosed):
                     while self.running():
                         await ws.send(padded)
+                        await asyncio.sleep(0)
                 code = ws.close_code
             self.tally.bump(self.tally.hostile, f"read flood closed {code}")
             await asyncio.sleep(1)
@@ -214,6 +229,20 @@ def start_relay(state: str) -> tuple[subprocess.Popen[bytes], int]:
     raise RuntimeError("relay did not start")
 
 
+async def attack(duration: float, port: int) -> dict[str, int]:
+    """The attackers alone: in their own process, so they cannot stall the people's loop."""
+    soak = Soak(port, duration)
+    tasks = [asyncio.ensure_future(soak.ping_flooder(n)) for n in range(2)]
+    tasks += [asyncio.ensure_future(soak.read_flooder(n)) for n in range(2)]
+    tasks += [asyncio.ensure_future(soak.slowloris(n, send=True)) for n in range(20)]
+    tasks += [asyncio.ensure_future(soak.slowloris(n, send=False)) for n in range(50)]
+    await asyncio.wait(tasks, timeout=duration + 30)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return soak.tally.hostile
+
+
 async def run(duration: float, pid: int, port: int, hostile: bool) -> dict[str, Any]:
     soak = Soak(port, duration)
     fds_start = _fds(pid)
@@ -221,11 +250,21 @@ async def run(duration: float, pid: int, port: int, hostile: bool) -> dict[str, 
     stayers = [i for i in range(PEOPLE) if random.random() >= CHURN_SHARE]
     stay_set = set(stayers)
     tasks = [asyncio.ensure_future(soak.person(i, i in stay_set)) for i in range(PEOPLE)]
+    attackers = None
     if hostile:
-        tasks += [asyncio.ensure_future(soak.ping_flooder(n)) for n in range(2)]
-        tasks += [asyncio.ensure_future(soak.read_flooder(n)) for n in range(2)]
-        tasks += [asyncio.ensure_future(soak.slowloris(n, send=True)) for n in range(20)]
-        tasks += [asyncio.ensure_future(soak.slowloris(n, send=False)) for n in range(50)]
+        argv = [sys.executable, "-m", "bench.soak", "--attack", str(port)]
+        argv += ["--duration", str(duration)]
+        attackers = subprocess.Popen(argv, stdout=subprocess.PIPE)
+    lags: list[float] = []
+
+    async def lag() -> None:
+        """How late this loop wakes up: delay the people's loop adds to every latency."""
+        while soak.running():
+            before = soak.loop.time()
+            await asyncio.sleep(0.1)
+            lags.append(soak.loop.time() - before - 0.1)
+
+    tasks.append(asyncio.ensure_future(lag()))
     samples = []
     cpu = (cpu_seconds(pid) or 0.0, time.process_time(), soak.loop.time())
     while soak.running():
@@ -244,19 +283,26 @@ async def run(duration: float, pid: int, port: int, hostile: bool) -> dict[str, 
                 "fds": _fds(pid),
                 "delivered": len(window),
                 "p99_ms": round(_p99(window) * 1000, 1),
+                "load_lag_max_ms": round(max(lags, default=0.0) * 1000, 1),
             }
         )
+        lags.clear()
         print(json.dumps(samples[-1]), flush=True)
     await asyncio.wait(tasks, timeout=QUIET + 30)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    if attackers is not None:
+        out, _ = await asyncio.to_thread(attackers.communicate, timeout=60)
+        soak.tally.hostile = json.loads(out)
     deadline = time.monotonic() + 30
     while _fds(pid) > fds_start and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
     tally = soak.tally
     expected = received = missing = 0
     for index in stayers:
+        if index in tally.dropped:
+            continue
         # What the relay echoed to its sender after this stayer's welcome: everything fanned
         # out later reached it live, anything a moment earlier came in its replay.
         joined = tally.joined.get(index, float("inf"))
@@ -270,7 +316,8 @@ async def run(duration: float, pid: int, port: int, hostile: bool) -> dict[str, 
         "duration_s": duration,
         "people": PEOPLE,
         "rooms": ROOMS,
-        "stayers": len(stayers),
+        "stayers": len(stayers) - len(tally.dropped),
+        "stayers_dropped": len(tally.dropped),
         "connects": tally.connects,
         "sent": tally.sent,
         "acked": sum(len(ids) for ids in tally.acked.values()),
@@ -289,7 +336,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.soak")
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of load")
     parser.add_argument("--no-hostile", action="store_true", help="people only, no attackers")
+    parser.add_argument("--attack", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.attack:
+        print(json.dumps(asyncio.run(attack(args.duration, args.attack))), flush=True)
+        return
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if (os.cpu_count() or 1) > 1:
