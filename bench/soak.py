@@ -87,11 +87,17 @@ class Soak:
         address = f"127.0.0.{2 + index % 50}"
         url = f"ws://127.0.0.1:{self.port}/chat/{room}"
         while self.running():
+            tried = self.loop.time()
             try:
                 sock = await self.socket_from(address)
                 ws = await websockets.connect(url, subprotocols=[SUBPROTOCOL], sock=sock)
             except (OSError, TimeoutError, websockets.WebSocketException) as error:
                 self.tally.bump(self.tally.errors, f"connect: {type(error).__name__}")
+                if self.tally.errors[f"connect: {type(error).__name__}"] <= 3:
+                    print(
+                        f"connect failed: {error!r} after {self.loop.time() - tried:.1f} s",
+                        file=sys.stderr,
+                    )
                 await asyncio.sleep(1)
                 continue
             self.tally.connects += 1
