@@ -30,12 +30,13 @@ import secrets
 import sqlite3
 import threading
 import time
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from relay.store import Store
+from relay.store import Store, seq_key
 from shared import protocol as p
 from shared.protocol import Event
 
@@ -248,7 +249,7 @@ class SQLiteStore(Store):
         # Resume covers `history_limit` messages, however many more the tail holds right now.
         if state.seq - seq > self._tail or not kept or kept[0]["seq"] > seq + 1:
             return None
-        start = len(kept) - (state.seq - seq)
+        start = bisect_right(kept, seq, key=seq_key)
         return [kept[i] for i in range(start, len(kept))]
 
     def before(self, room: str, before: int | None, limit: int) -> list[Event]:
@@ -259,10 +260,9 @@ class SQLiteStore(Store):
         if not kept:
             return []
         # The tail may briefly hold more than `history_limit`; serve no more than that.
-        first = max(kept[0]["seq"], state.seq - self._tail + 1)
-        upper = state.seq + 1 if before is None else min(before, state.seq + 1)
-        end = len(kept) - (state.seq + 1 - upper)
-        start = max(len(kept) - (state.seq + 1 - first), end - limit)
+        first = bisect_left(kept, state.seq - self._tail + 1, key=seq_key)
+        end = len(kept) if before is None else bisect_left(kept, before, key=seq_key)
+        start = max(first, end - limit)
         return [kept[i] for i in range(start, end)] if end > start else []
 
     def delete_room(self, room: str) -> None:

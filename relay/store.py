@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 from abc import ABC, abstractmethod
+from bisect import bisect_left, bisect_right
 from collections import deque
 
 from shared.protocol import Event
@@ -151,14 +152,14 @@ class MemoryStore(Store):
         kept = log.messages
         if not kept or kept[0]["seq"] > seq + 1:
             return None
-        start = len(kept) - (log.seq - seq)
+        start = bisect_right(kept, seq, key=seq_key)
         return [kept[i] for i in range(start, len(kept))]
 
     def before(self, room: str, before: int | None, limit: int) -> list[Event]:
         kept = self._peek(room).messages
         if not kept or limit <= 0:
             return []
-        end = len(kept) if before is None else max(0, min(len(kept), before - kept[0]["seq"]))
+        end = len(kept) if before is None else bisect_left(kept, before, key=seq_key)
         return [kept[i] for i in range(max(0, end - limit), end)]
 
     def delete_room(self, room: str) -> None:
@@ -213,3 +214,13 @@ class MemoryStore(Store):
 
     def set_dm_consent(self, a: str, b: str, state: str, requester: str) -> None:
         self._consent[frozenset((a, b))] = (state, requester)
+
+
+def seq_key(message: Event) -> int:
+    """Positions in a tail come from seqs by search, never by arithmetic: seqs can have gaps.
+
+    A message the database could not keep, or one lost in a crash, leaves a hole in the seqs
+    that survive; counting back from the latest seq would then land on the wrong message.
+    """
+    seq: int = message["seq"]
+    return seq
