@@ -448,7 +448,7 @@ class SQLiteStore(Store):
                 items = []
             ops, waiters, running = self._collect(items)
             try:
-                self._write(db, ops)
+                self._commit(db, ops)
                 if retaining and time.monotonic() >= next_retention:
                     next_retention = time.monotonic() + self._retention_seconds
                     self._retain(db)
@@ -457,9 +457,8 @@ class SQLiteStore(Store):
                 if not failing:
                     log.exception("could not write to %s; changes are being lost", self._path)
                 failing = True
-                with contextlib.suppress(sqlite3.Error):
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
+                self._lost = True
+                _rollback(db)
             else:
                 if failing and ops:
                     log.warning("writing to %s works again", self._path)
@@ -507,26 +506,46 @@ class SQLiteStore(Store):
                 break
         return ops, waiters, True
 
+    def _commit(self, db: sqlite3.Connection, ops: list[Op]) -> None:
+        """Write `ops` in one transaction; when that fails, one by one, dropping only bad ones.
+
+        A batch holds many people's changes: one row the database refuses (a text it cannot
+        encode, say) must not roll back the rest. An error that says the database cannot be
+        written at all (full, read-only, gone) is raised for the caller to handle.
+        """
+        try:
+            self._write(db, ops)
+            return
+        except Exception as exc:
+            _rollback(db)
+            if _unavailable(exc):
+                raise
+        for op in ops:
+            try:
+                self._write(db, [op])
+            except Exception as exc:
+                _rollback(db)
+                if _unavailable(exc):
+                    raise
+                self._lost = True
+                log.error("%s refused one change (%s), dropped it: %s", self._path, op[0], exc)
+
     def _write(self, db: sqlite3.Connection, ops: list[Op]) -> None:
         if not ops:
             return
         batch = _Batch()
-        try:
-            db.execute("BEGIN")
-            for op in ops:
-                kind = op[0]
-                if kind == "m":
-                    batch.add_message(op[1], op[2], op[3])
-                elif kind == "k":
-                    batch.reads[op[1], op[2]] = op[3]
-                else:
-                    batch.write(db)
-                    _write_op(db, op)
-            batch.write(db)
-            db.execute("COMMIT")
-        except Exception:
-            self._lost = True
-            raise
+        db.execute("BEGIN")
+        for op in ops:
+            kind = op[0]
+            if kind == "m":
+                batch.add_message(op[1], op[2], op[3])
+            elif kind == "k":
+                batch.reads[op[1], op[2]] = op[3]
+            else:
+                batch.write(db)
+                _write_op(db, op)
+        batch.write(db)
+        db.execute("COMMIT")
         for state, seq in batch.committed:
             state.committed = seq
 
@@ -610,6 +629,17 @@ def _write_op(db: sqlite3.Connection, op: Op) -> None:
         db.execute("DELETE FROM dms WHERE recipient = ? AND sender = ?", (key, op[2]))
     else:
         db.execute("INSERT OR REPLACE INTO consent VALUES (?, ?, ?, ?)", op[1:])
+
+
+def _unavailable(exc: Exception) -> bool:
+    """Whether `exc` says the database cannot be written now, rather than that a row is bad."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        if db.in_transaction:
+            db.execute("ROLLBACK")
 
 
 def _pair(a: str, b: str) -> tuple[str, str]:
