@@ -17,9 +17,12 @@ from starlette.websockets import WebSocket
 from relay.connection import Connection
 from relay.core import Hub, PostError
 from relay.direct import Flusher
+from relay.metrics import render_store
 from shared import protocol as p
 
-_POST_STATUS = {p.NAME_TAKEN: 409, p.TOO_LARGE: 413}
+_POST_STATUS = {p.NAME_TAKEN: 409, p.TOO_LARGE: 413, p.UNAVAILABLE: 503}
+# How long a client refused with 503 should wait: the store retries at most this far apart.
+RETRY_AFTER = "2"
 
 
 class ChatEndpoint:
@@ -78,9 +81,12 @@ def _join_params(websocket: WebSocket, history: int) -> dict[str, Any]:
 
 def create_app(hub: Hub) -> Router:
     async def healthz(request: Request) -> Response:
-        return JSONResponse(
-            {"status": "ok", "connections": len(hub.clients), "rooms": len(hub.rooms)}
-        )
+        problem = hub.store.problem()
+        health = {"status": "ok", "connections": len(hub.clients), "rooms": len(hub.rooms)}
+        if problem is None:
+            return JSONResponse(health)
+        health |= {"status": "unavailable", "reason": f"store: {problem}"}
+        return JSONResponse(health, status_code=503, headers={"Retry-After": RETRY_AFTER})
 
     async def rooms(request: Request) -> Response:
         listing = [
@@ -125,11 +131,15 @@ def create_app(hub: Hub) -> Router:
         try:
             message = hub.post(room, sender, text)
         except PostError as refused:
-            return _error(_POST_STATUS.get(refused.code, 400), refused.code, refused.detail)
+            response = _error(_POST_STATUS.get(refused.code, 400), refused.code, refused.detail)
+            if refused.code == p.UNAVAILABLE:
+                response.headers["Retry-After"] = RETRY_AFTER
+            return response
         return JSONResponse(message, status_code=201)
 
     async def metrics(request: Request) -> Response:
         body = hub.metrics.render(len(hub.clients), len(hub.rooms), hub.user_count())
+        body += render_store(*hub.store.counters(), hub.store.problem() is None)
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
 
     api = Starlette(

@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import socket
+import sqlite3
 from importlib.metadata import version
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         ("db", str, None, "SQLite database (default: STATE_DIR/chat.db; :memory: keeps none)"),
         ("retain-messages", int, 0, "messages the database keeps per room (0: no cap)"),
         ("retain-days", float, 0.0, "days the database keeps a message (0: no limit)"),
+        ("db-max-bytes", int, 0, "database size cap, then as on a full disk (0: no cap)"),
         ("log-level", str, "info", "critical, error, warning, info or debug"),
         ("ws", str, "websockets-sansio", "uvicorn WebSocket implementation"),
     ]
@@ -88,8 +90,14 @@ def main(argv: list[str] | None = None) -> None:
         max_frame_bytes=args.max_frame_bytes,
         send_queue_bytes=args.send_queue_bytes,
     )
-    signer = TokenSigner(load_secret(args.secret, args.state_dir))
-    store = _store(args, limits.history)
+    try:
+        signer = TokenSigner(load_secret(args.secret, args.state_dir))
+    except OSError as exc:
+        raise SystemExit(f"chat-relay: cannot use the state dir {args.state_dir}: {exc}") from None
+    try:
+        store = _store(args, limits.history)
+    except (OSError, sqlite3.Error) as exc:
+        raise SystemExit(f"chat-relay: cannot write the database: {exc}") from None
     hub = Hub(store, signer, limits)
     config = uvicorn.Config(
         create_app(hub),
@@ -117,4 +125,6 @@ def _store(args: argparse.Namespace, history: int) -> Store:
     if args.db == ":memory:":
         return MemoryStore(history)
     path = Path(args.db) if args.db else args.state_dir / "chat.db"
-    return SQLiteStore(path, history, args.retain_messages, args.retain_days)
+    return SQLiteStore(
+        path, history, args.retain_messages, args.retain_days, max_bytes=args.db_max_bytes
+    )

@@ -29,6 +29,7 @@ from shared.protocol import Event
 CID_MAX = 64
 CID_TTL = 300.0
 CID_KEEP = 256
+STORE_DOWN = "the relay cannot store messages right now; try again later"
 
 # DM consent between two identities, kept in the store.
 PENDING = "pending"
@@ -378,6 +379,8 @@ class Hub:
             if sent is not None:
                 self._send(client, Outgoing(sent, None))
                 return
+        if self._store_down(client):
+            return
         message = self._message(room.name, user.name, text, cid=cid)
         if cid is not None:
             user.cids[cid] = (self.clock(), message)
@@ -473,7 +476,7 @@ class Hub:
             self._error(client, p.DM_DECLINED, f"{event['to']} declined your messages")
         elif state == ACCEPTED and recipient is not None:
             self._deliver_all(recipient.clients | sender.clients, _dm(event))
-        else:
+        elif not self._store_down(client):
             # Offline, or the recipient has not answered the request yet: keep it for them.
             self.store.hold_dm(subject, sender.subject, event)
             flag = "queued" if state == ACCEPTED else "held"
@@ -606,6 +609,8 @@ class Hub:
         topic = _text(request, "text")
         if not self._owns(client) or not self._text_ok(client, topic, allow_empty=True):
             return
+        if self._store_down(client):
+            return
         self.store.set_topic(room.name, topic)
         ts = p.now_rfc3339()
         event = {"type": "topic", "room": room.name, "topic": topic, "by": user.name, "ts": ts}
@@ -678,6 +683,8 @@ class Hub:
         text_problem = self._text_problem(text)
         if text_problem is not None:
             raise PostError(*text_problem)
+        if self.store.problem() is not None:
+            raise PostError(p.UNAVAILABLE, STORE_DOWN)
         message = self._message(room_name, sender, text, via="http")
         room = self.rooms.get(room_name)
         if room is not None:
@@ -711,6 +718,17 @@ class Hub:
                 self.metrics.slow_consumers += 1
                 self.leave(client)
                 client.close(p.CLOSE_SLOW_CONSUMER, "too slow: send queue full", flush=False)
+
+    def _store_down(self, client: Client) -> bool:
+        """Refuse, with `error unavailable`, a change the store cannot keep now.
+
+        An echo promises the message is kept; while the store cannot write, the relay does
+        not make promises it may break.
+        """
+        if self.store.problem() is None:
+            return False
+        self._error(client, p.UNAVAILABLE, STORE_DOWN)
+        return True
 
     def _error(self, client: Client, code: str, detail: str) -> None:
         self.metrics.errors[code] += 1

@@ -4,8 +4,10 @@ The hub calls the store synchronously on the event loop, on the fan-out path, so
 may wait for the disk. Each room keeps an in-memory tail (its last `history_limit` messages, plus
 any the writer has not committed yet); replay, resume and history pages are served from it, with
 the same answers as MemoryStore. Every change becomes an operation queued for a writer thread
-that group-commits whatever arrived within `FLUSH_SECONDS` in one transaction. A failed write is
-logged and the database marked unclean, but the relay carries on from memory.
+that group-commits whatever arrived within `FLUSH_SECONDS` in one transaction. A row the
+database refuses is dropped alone (logged, database marked unclean). When the database cannot be
+written at all (disk full, read-only, file deleted), the changes stay queued in memory and are
+retried with backoff, and `problem()` tells the hub to refuse new messages until they go in.
 
 The only reads on the event loop are a room's first use since start (its row, tail and read
 markers), and an identity, name, held DMs or DM consent not in its cache. They are primary-key
@@ -42,6 +44,11 @@ from shared.protocol import Event
 
 FLUSH_SECONDS = 0.005
 FLUSH_MAX_OPS = 2000
+# While the database cannot be written: first retry after RETRY_FIRST seconds, doubling up to
+# RETRY_LAST; at most PENDING_MAX changes wait in memory for it.
+RETRY_FIRST = 0.05
+RETRY_LAST = 2.0
+PENDING_MAX = 200_000
 ROWS_PER_STATEMENT = 500
 RETENTION_SECONDS = 60.0
 CACHE_ENTRIES = 4096
@@ -147,7 +154,8 @@ class _Cache(Generic[K, V]):
 class SQLiteStore(Store):
     """Everything the relay remembers, in one SQLite file that outlives it.
 
-    `retain_messages` (per room) and `retain_days` bound what the database keeps (0: no bound);
+    `retain_messages` (per room) and `retain_days` bound what the database keeps (0: no bound),
+    `max_bytes` its size (0: what the disk holds; at the cap it behaves as on a full disk);
     `history_limit` is how many messages per room stay in memory for replay and resume.
     """
 
@@ -159,8 +167,10 @@ class SQLiteStore(Store):
         retain_days: float = 0.0,
         retention_seconds: float = RETENTION_SECONDS,
         clock: Callable[[], float] = time.time,
+        max_bytes: int = 0,
     ) -> None:
         self._path = Path(path)
+        self._max_bytes = max_bytes
         self._tail = min(history_limit, retain_messages) if retain_messages else history_limit
         self._retain_messages = retain_messages
         self._retain_days = retain_days
@@ -181,6 +191,13 @@ class SQLiteStore(Store):
         self._floors: dict[str, tuple[str, int]] = {}
         self._queue: queue.SimpleQueue[Op | threading.Event | None] = queue.SimpleQueue()
         self._lost = False
+        # Set by the writer: why it cannot write now (None while it can); read by the hub.
+        self._problem: str | None = None
+        self.failures = 0
+        self.pending = 0
+        self._inode: tuple[int, int] | None = None
+        self._orphans: list[sqlite3.Connection] = []
+        self._reader_stale = False
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._db = _connect(self._path)
         self._open()
@@ -226,6 +243,14 @@ class SQLiteStore(Store):
         self._queue.put(None)
         self._writer.join()
         self._db.close()
+        for orphan in self._orphans:
+            orphan.close()
+
+    def problem(self) -> str | None:
+        return self._problem
+
+    def counters(self) -> tuple[int, int]:
+        return self.failures, self.pending
 
     # -- the Store interface (event loop) -------------------------------------------------------
 
@@ -297,9 +322,9 @@ class SQLiteStore(Store):
         return self._names.get(
             subject,
             lambda: _first(
-                self._db.execute(
-                    "SELECT name FROM identities WHERE subject = ?", (subject,)
-                ).fetchone()
+                self._reader()
+                .execute("SELECT name FROM identities WHERE subject = ?", (subject,))
+                .fetchone()
             ),
         )
 
@@ -319,7 +344,9 @@ class SQLiteStore(Store):
         return self._subjects.get(
             folded,
             lambda: _first(
-                self._db.execute("SELECT subject FROM names WHERE folded = ?", (folded,)).fetchone()
+                self._reader()
+                .execute("SELECT subject FROM names WHERE folded = ?", (folded,))
+                .fetchone()
             ),
         )
 
@@ -341,9 +368,11 @@ class SQLiteStore(Store):
         pair = _pair(a, b)
 
         def load() -> tuple[str, str] | None:
-            row = self._db.execute(
-                "SELECT state, requester FROM consent WHERE a = ? AND b = ?", pair
-            ).fetchone()
+            row = (
+                self._reader()
+                .execute("SELECT state, requester FROM consent WHERE a = ? AND b = ?", pair)
+                .fetchone()
+            )
             return None if row is None else (row[0], row[1])
 
         return self._consent.get(pair, load)
@@ -376,9 +405,17 @@ class SQLiteStore(Store):
             self._rooms[name] = state
         return state
 
+    def _reader(self) -> sqlite3.Connection:
+        """The event loop's connection, reopened after the writer restored a deleted file."""
+        if self._reader_stale:
+            self._reader_stale = False
+            self._orphans.append(self._db)
+            self._db = _connect(self._path)
+        return self._db
+
     def _load(self, name: str) -> _Room | None:
         """A room's first use since start: its row, tail and read markers from the database."""
-        db = self._db
+        db = self._reader()
         row = db.execute(
             "SELECT epoch, seq, owner, topic FROM rooms WHERE name = ?", (name,)
         ).fetchone()
@@ -397,7 +434,7 @@ class SQLiteStore(Store):
 
     def _held(self, to: str) -> list[tuple[str, Event]]:
         def load() -> list[tuple[str, Event]]:
-            rows = self._db.execute(
+            rows = self._reader().execute(
                 "SELECT sender, event FROM dms WHERE recipient = ? ORDER BY id", (to,)
             )
             return [(sender, json.loads(event)) for sender, event in rows]
@@ -435,46 +472,137 @@ class SQLiteStore(Store):
     # -- the writer thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
-        db = _connect(self._path)
+        db = self._connect_writer()
         retaining = bool(self._retain_messages or self._retain_days)
         next_retention = time.monotonic() + self._retention_seconds
-        failing = False
+        # Changes not written yet, oldest first: this batch, or every batch since the database
+        # stopped taking writes. They were acknowledged; they wait here until it takes them.
+        pending: list[Op] = []
+        retry_at = 0.0
+        backoff = RETRY_FIRST
         running = True
         while running:
-            timeout = max(next_retention - time.monotonic(), 0.01) if retaining else None
+            deadlines = [next_retention] if retaining else []
+            if pending:
+                deadlines.append(retry_at)
+            timeout = max(min(deadlines) - time.monotonic(), 0.01) if deadlines else None
             try:
                 items = [self._queue.get(timeout=timeout)]
             except queue.Empty:
                 items = []
             ops, waiters, running = self._collect(items)
-            try:
-                self._commit(db, ops)
-                if retaining and time.monotonic() >= next_retention:
-                    next_retention = time.monotonic() + self._retention_seconds
+            pending += ops
+            self._bound(pending)
+            if pending and (time.monotonic() >= retry_at or not running):
+                db, done, problem = self._attempt(db, pending)
+                del pending[:done]
+                self._written += done
+                if problem is None:
+                    if self._problem is not None:
+                        log.warning("writing to %s works again", self._path)
+                    self._problem = None
+                    retry_at, backoff = 0.0, RETRY_FIRST
+                else:
+                    self.failures += 1
+                    if self._problem is None:
+                        log.error(
+                            "cannot write to %s: %s; refusing new messages, retrying",
+                            self._path,
+                            problem,
+                        )
+                    self._problem = problem
+                    retry_at = time.monotonic() + backoff
+                    backoff = min(backoff * 2, RETRY_LAST)
+            self.pending = len(pending)
+            if retaining and not pending and time.monotonic() >= next_retention:
+                next_retention = time.monotonic() + self._retention_seconds
+                try:
                     self._retain(db)
-            except Exception:
-                # Once per outage: a full or read-only disk would fail every batch.
-                if not failing:
-                    log.exception("could not write to %s; changes are being lost", self._path)
-                failing = True
-                self._lost = True
-                _rollback(db)
-            else:
-                if failing and ops:
-                    log.warning("writing to %s works again", self._path)
-                    failing = False
-            finally:
-                self._written += len(ops)
-                for waiter in waiters:
-                    waiter.set()
+                except sqlite3.Error as exc:
+                    _rollback(db)
+                    log.error("retention on %s failed: %s", self._path, exc)
+            for waiter in waiters:
+                waiter.set()
+        if pending:
+            self._lost = True
+            log.error("%s: %d changes could not be written and are lost", self._path, len(pending))
         try:
             clean = "0" if self._lost else "1"
             db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', ?)", (clean,))
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error:
-            log.exception("could not mark %s as closed cleanly", self._path)
+        except sqlite3.Error as exc:
+            log.error("could not mark %s as closed cleanly: %s", self._path, exc)
         finally:
             db.close()
+
+    def _attempt(
+        self, db: sqlite3.Connection, ops: list[Op]
+    ) -> tuple[sqlite3.Connection, int, str | None]:
+        """Write `ops`: the connection to go on with, how many are done, and what went wrong."""
+        try:
+            db = self._check_file(db)
+            return db, self._commit(db, ops), None
+        except _Unavailable as failure:
+            return db, failure.done, failure.reason
+
+    def _bound(self, pending: list[Op]) -> None:
+        """Keep at most PENDING_MAX changes while the database is failing; drop the oldest.
+
+        New messages are refused while it fails, so only what was in flight and the small
+        changes that still happen (names, read markers) pile up here.
+        """
+        excess = len(pending) - PENDING_MAX
+        if excess <= 0:
+            return
+        for op in pending[:excess]:
+            if op[0] == "m":
+                op[1].committed = max(op[1].committed, op[2]["seq"])
+        del pending[:excess]
+        self._written += excess
+        if not self._lost:
+            log.error("%s: more than %d changes waiting; dropping the oldest", self._path, excess)
+        self._lost = True
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        db = _connect(self._path)
+        if self._max_bytes:
+            # The database counts as full at this size, exactly as when the disk is.
+            page = db.execute("PRAGMA page_size").fetchone()[0]
+            db.execute(f"PRAGMA max_page_count = {max(1, self._max_bytes // page)}")
+        self._inode = _inode(self._path)
+        return db
+
+    def _check_file(self, db: sqlite3.Connection) -> sqlite3.Connection:
+        """The writer's connection, after making sure its file is still the one at `path`.
+
+        SQLite goes on writing to a database file that was deleted (it keeps it open), and
+        everything written would vanish with the process. A deleted file is restored from the
+        open connection, which still has every committed change; one replaced by another file
+        is not touched, and nothing more is written until the relay restarts.
+        """
+        found = _inode(self._path)
+        if found == self._inode:
+            return db
+        if found is not None:
+            raise _Unavailable(0, "the database file was replaced by another one")
+        try:
+            spare = self._path.with_name(self._path.name + ".restoring")
+            with contextlib.closing(sqlite3.connect(spare)) as copy:
+                db.backup(copy)
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    Path(f"{self._path}{suffix}").unlink()
+            spare.replace(self._path)
+            restored = self._connect_writer()
+        except (OSError, sqlite3.Error) as exc:
+            reason = f"the database file was deleted and cannot be restored: {exc}"
+            raise _Unavailable(0, reason) from None
+        # Closing a connection to the deleted file could delete the new file's WAL, which has
+        # the same name: they stay open until the store closes.
+        self._orphans.append(db)
+        self._reader_stale = True
+        log.warning("%s was deleted while in use; restored it from the open database", self._path)
+        return restored
 
     def _collect(
         self, items: list[Op | threading.Event | None]
@@ -506,29 +634,31 @@ class SQLiteStore(Store):
                 break
         return ops, waiters, True
 
-    def _commit(self, db: sqlite3.Connection, ops: list[Op]) -> None:
+    def _commit(self, db: sqlite3.Connection, ops: list[Op]) -> int:
         """Write `ops` in one transaction; when that fails, one by one, dropping only bad ones.
 
         A batch holds many people's changes: one row the database refuses (a text it cannot
         encode, say) must not roll back the rest. An error that says the database cannot be
-        written at all (full, read-only, gone) is raised for the caller to handle.
+        written at all (full, read-only, gone) raises `_Unavailable` with how many of `ops`
+        are done, so the rest can be tried again. Returns how many are done: all of them.
         """
         try:
             self._write(db, ops)
-            return
+            return len(ops)
         except Exception as exc:
             _rollback(db)
             if _unavailable(exc):
-                raise
-        for op in ops:
+                raise _Unavailable(0, str(exc)) from None
+        for index, op in enumerate(ops):
             try:
                 self._write(db, [op])
             except Exception as exc:
                 _rollback(db)
                 if _unavailable(exc):
-                    raise
+                    raise _Unavailable(index, str(exc)) from None
                 self._lost = True
                 log.error("%s refused one change (%s), dropped it: %s", self._path, op[0], exc)
+        return len(ops)
 
     def _write(self, db: sqlite3.Connection, ops: list[Op]) -> None:
         if not ops:
@@ -629,6 +759,23 @@ def _write_op(db: sqlite3.Connection, op: Op) -> None:
         db.execute("DELETE FROM dms WHERE recipient = ? AND sender = ?", (key, op[2]))
     else:
         db.execute("INSERT OR REPLACE INTO consent VALUES (?, ?, ?, ?)", op[1:])
+
+
+class _Unavailable(Exception):
+    """The database cannot be written now; the first `done` operations of the batch are."""
+
+    def __init__(self, done: int, reason: str) -> None:
+        super().__init__(reason)
+        self.done = done
+        self.reason = reason
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _unavailable(exc: Exception) -> bool:

@@ -89,6 +89,18 @@ class Store(ABC):
         """Finish pending writes; the relay calls this once, after its last connection."""
         return None
 
+    def problem(self) -> str | None:
+        """Why the store cannot keep changes now, or None while it can.
+
+        The relay then refuses what it would have to keep (messages, held DMs, topics) rather
+        than acknowledge what may be lost; what it acknowledged before is kept and retried.
+        """
+        return None
+
+    def counters(self) -> tuple[int, int]:
+        """(failed write attempts so far, changes waiting to be written) for /metrics."""
+        return 0, 0
+
     @abstractmethod
     def identity_name(self, subject: str) -> str | None:
         """The name an identity last had, if the store knows it."""

@@ -41,6 +41,7 @@ NO_SUCH_USER = "no_such_user"
 BAD_REQUEST = "bad_request"
 NOT_OWNER = "not_owner"
 DM_DECLINED = "dm_declined"
+UNAVAILABLE = "unavailable"
 
 
 def _valid_chars(text: str) -> bool:
