@@ -42,6 +42,7 @@ class Connection(Client):
         "_flusher",
         "_limit",
         "_marked",
+        "_on_written",
         "_queue",
         "_queued",
         "_send",
@@ -61,6 +62,7 @@ class Connection(Client):
         self._queued = 0
         self._closing: tuple[int, str] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._on_written: Callable[[], None] | None = None
 
     def deliver(self, event: Outgoing) -> bool:
         if self._closing is not None:
@@ -93,6 +95,7 @@ class Connection(Client):
             return
         if direct.writable():
             direct.write(self._take_all())
+            self._written()
         elif direct.gone():
             self._drop_queue()
         else:
@@ -102,6 +105,19 @@ class Connection(Client):
         # The budget grows by the preload until the writer has sent it all (queue empty).
         self._limit += sum(len(event.json) for event in events)
         super().preload(events)
+
+    def when_written(self, callback: Callable[[], None]) -> None:
+        # One at a time: the hub asks for the next page only from the previous callback.
+        self._on_written = callback
+        if not self._queue and self._writer is None:
+            self._written()
+
+    def _written(self) -> None:
+        """The queue went to the socket: tell whoever waits for that (after, not before)."""
+        callback = self._on_written
+        if callback is not None and not self._queue:
+            self._on_written = None
+            callback()
 
     def close(self, code: int, reason: str, flush: bool) -> None:
         if self._closing is not None:
@@ -140,6 +156,7 @@ class Connection(Client):
             await self._send_close()
         else:
             self._writer = None
+            self._written()
 
     def _take_sends(self) -> list[str]:
         """Everything queued, as the texts of ASGI sends: batches (chat.v1) or single lines."""

@@ -30,6 +30,8 @@ CID_MAX = 64
 CID_TTL = 300.0
 CID_KEEP = 256
 STORE_DOWN = "the relay cannot store messages right now; try again later"
+# Kept DMs go out in pages of about this many characters as the socket takes them.
+HELD_PAGE_CHARS = 64 * 1024
 
 # DM consent between two identities, kept in the store.
 PENDING = "pending"
@@ -108,6 +110,10 @@ class Client:
         """
         for event in events:
             self.deliver(event)
+
+    def when_written(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once everything queued so far has been written to the socket."""
+        callback()
 
 
 class User:
@@ -188,6 +194,9 @@ class Hub:
         if client.json:
             self._welcome(client, room, backlog, since, epoch)
         self._deliver_waiting(client, first=not user.clients)
+        if client.room is None:
+            # Closed before it was a member (e.g. dropped as too slow): nothing to undo.
+            return
         user.clients.add(client)
         room.clients[client] = None
         count = room.users.get(user, 0)
@@ -522,10 +531,9 @@ class Hub:
         self.store.set_dm_consent(subject, requester, ACCEPTED, requester)
         user = self._users.get(subject)
         if user is not None:
-            for sender, event in self.store.held_dms(subject):
-                if sender == requester:
-                    self._deliver_all(user.clients, _dm(event))
-            self.store.drop_dms(subject, requester)
+            held = [event for sender, event in self.store.held_dms(subject) if sender == requester]
+            for client in list(user.clients):
+                self._drain_held(client, held)
         waiting = self._users.get(requester)
         if waiting is not None:
             answer = {"type": "dm_accepted", "by": self._name_of(subject)}
@@ -536,15 +544,41 @@ class Hub:
         user = client.user
         assert user is not None
         held = self.store.held_dms(user.subject)
+        requests: list[Outgoing] = []
+        accepted: set[str] = set()
         for requester in dict.fromkeys(sender for sender, _ in held):
             state = self.store.dm_consent(user.subject, requester)
             if state == (PENDING, requester):
-                self._send(client, _dm_request(self._name_of(requester)))
+                requests.append(_dm_request(self._name_of(requester)))
             elif first and state is not None and state[0] == ACCEPTED:
-                for sender, event in held:
-                    if sender == requester:
-                        self._send(client, _dm(event))
-                self.store.drop_dms(user.subject, requester)
+                accepted.add(requester)
+        # Part of the joiner's first frames, like the welcome: never counted as falling behind.
+        client.preload(requests)
+        self._drain_held(client, [event for sender, event in held if sender in accepted])
+
+    def _drain_held(self, client: Client, held: list[Event]) -> None:
+        """Send kept DMs a page at a time, each page once the socket took the one before.
+
+        An offline queue can be far larger than a connection's send budget: queued at once
+        it would drop the recipient as a slow consumer. A DM is forgotten only once written
+        to the socket, so a connection that goes away first leaves the rest kept for later.
+        """
+        if not held or client.room is None:
+            return
+        user = client.user
+        assert user is not None
+        size, count = 0, 0
+        while count < len(held) and (count == 0 or size < HELD_PAGE_CHARS):
+            size += len(held[count]["text"]) + 200
+            count += 1
+        page, rest = held[:count], held[count:]
+        client.preload([_dm(event) for event in page])
+
+        def written() -> None:
+            self.store.forget_dms(user.subject, [event["id"] for event in page])
+            self._drain_held(client, rest)
+
+        client.when_written(written)
 
     def _subject_of(self, name: str) -> str | None:
         user = self._names.get(name.casefold())

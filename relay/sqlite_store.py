@@ -364,6 +364,12 @@ class SQLiteStore(Store):
         self._submit(("x", to, sender))
         self._dms.put(to, held, self._submitted)
 
+    def forget_dms(self, to: str, ids: list[str]) -> None:
+        gone = set(ids)
+        held = [held for held in self._held(to) if held[1]["id"] not in gone]
+        self._submit(("y", to, ids))
+        self._dms.put(to, held, self._submitted)
+
     def dm_consent(self, a: str, b: str) -> tuple[str, str] | None:
         pair = _pair(a, b)
 
@@ -757,6 +763,15 @@ def _write_op(db: sqlite3.Connection, op: Op) -> None:
         )
     elif kind == "x":
         db.execute("DELETE FROM dms WHERE recipient = ? AND sender = ?", (key, op[2]))
+    elif kind == "y":
+        ids = op[2]
+        for start in range(0, len(ids), ROWS_PER_STATEMENT):
+            chunk = ids[start : start + ROWS_PER_STATEMENT]
+            marks = ", ".join("?" * len(chunk))
+            db.execute(
+                f"DELETE FROM dms WHERE recipient = ? AND json_extract(event, '$.id') IN ({marks})",
+                [key, *chunk],
+            )
     else:
         db.execute("INSERT OR REPLACE INTO consent VALUES (?, ?, ?, ?)", op[1:])
 

@@ -79,6 +79,10 @@ class Store(ABC):
         """Forget the DMs kept for `to` from `sender` (delivered or declined)."""
 
     @abstractmethod
+    def forget_dms(self, to: str, ids: list[str]) -> None:
+        """Forget the DMs kept for `to` with these ids (written to the recipient's socket)."""
+
+    @abstractmethod
     def dm_consent(self, a: str, b: str) -> tuple[str, str] | None:
         """(state, requester) of the pair {a, b}: state is pending, accepted or declined."""
 
@@ -216,6 +220,14 @@ class MemoryStore(Store):
 
     def drop_dms(self, to: str, sender: str) -> None:
         kept = [held for held in self._dms.get(to, ()) if held[0] != sender]
+        if kept:
+            self._dms[to] = kept
+        else:
+            self._dms.pop(to, None)
+
+    def forget_dms(self, to: str, ids: list[str]) -> None:
+        gone = set(ids)
+        kept = [held for held in self._dms.get(to, ()) if held[1]["id"] not in gone]
         if kept:
             self._dms[to] = kept
         else:
