@@ -296,6 +296,7 @@ class Hub:
                 self._fanout(room, Outgoing(left, f"{user.name} :: left the chat"))
         if not room.clients and self.rooms.get(room.name) is room:
             del self.rooms[room.name]
+            self.store.release(room.name)
         self._logout_if_gone(user)
 
     def _logout_if_gone(self, user: User) -> None:
@@ -683,6 +684,7 @@ class Hub:
             self._logout_if_gone(member.user)
             member.close(p.CLOSE_ROOM_CLOSED, f"room closed by {user.name}", flush=True)
         self.store.delete_room(room.name)
+        self.store.release(room.name)
 
     def owner_name(self, room: str) -> str | None:
         subject = self.store.owner(room)

@@ -52,6 +52,10 @@ PENDING_MAX = 200_000
 ROWS_PER_STATEMENT = 500
 RETENTION_SECONDS = 60.0
 CACHE_ENTRIES = 4096
+# The in-memory tails of all rooms together: at most this many rooms and messages (the least
+# recently used room whose changes are all written is forgotten first; the database has it).
+ROOMS_CACHED = 4096
+TAIL_BUDGET = 200_000
 DAY = 86400.0
 
 log = logging.getLogger("relay.sqlite_store")
@@ -99,6 +103,7 @@ class _Room:
         "epoch",
         "messages",
         "name",
+        "op",
         "owner",
         "reads",
         "seq",
@@ -110,6 +115,9 @@ class _Room:
         self.epoch = epoch
         self.seq = seq
         self.committed = seq
+        # The last operation submitted for the room: until the writer is past it, the
+        # database does not have the room as memory does, so memory must not forget it.
+        self.op = 0
         self.messages: deque[Event] = deque()
         self.owner: str | None = None
         self.topic: str | None = None
@@ -168,6 +176,7 @@ class SQLiteStore(Store):
         retention_seconds: float = RETENTION_SECONDS,
         clock: Callable[[], float] = time.time,
         max_bytes: int = 0,
+        tail_budget: int = TAIL_BUDGET,
     ) -> None:
         self._path = Path(path)
         self._max_bytes = max_bytes
@@ -176,7 +185,12 @@ class SQLiteStore(Store):
         self._retain_days = retain_days
         self._retention_seconds = retention_seconds
         self._clock = clock
-        self._rooms: dict[str, _Room] = {}
+        # Least recently used first; at most ROOMS_CACHED rooms and `tail_budget` messages.
+        self._rooms: OrderedDict[str, _Room] = OrderedDict()
+        self._tail_budget = max(tail_budget, 2 * self._tail)
+        self._tail_total = 0
+        # Rooms released (deleted) whose deletion the writer has not done yet: name -> op.
+        self._gone: dict[str, int] = {}
         # Rooms never used get this epoch until their first change, so it stays what they said.
         self._new_epoch = secrets.token_hex(6)
         self._submitted = 0
@@ -263,8 +277,11 @@ class SQLiteStore(Store):
         state.seq = message["seq"]
         kept = state.messages
         kept.append(message)
+        self._tail_total += 1
         self._trim_tail(state)
-        self._submit(("m", state, message, self._clock()))
+        self._change(state, ("m", state, message, self._clock()))
+        if self._tail_total > self._tail_budget:
+            self._evict()
 
     def after(self, room: str, seq: int) -> list[Event] | None:
         state = self._trimmed(room)
@@ -293,30 +310,47 @@ class SQLiteStore(Store):
     def delete_room(self, room: str) -> None:
         # A fresh room replaces the old one at once, so its next use cannot read rows the
         # writer has not deleted yet.
-        self._rooms[room] = _Room(room, secrets.token_hex(6), 0)
+        old = self._rooms.pop(room, None)
+        if old is not None:
+            self._tail_total -= len(old.messages)
+        state = self._rooms[room] = _Room(room, secrets.token_hex(6), 0)
         self._submit(("d", room))
-        self._submit(("r", room, self._rooms[room].epoch))
+        self._change(state, ("r", room, state.epoch))
+
+    def release(self, room: str) -> None:
+        state = self._rooms.get(room)
+        if state is None or state.seq or state.topic is not None:
+            return
+        del self._rooms[room]
+        self._submit(("d", room))
+        self._gone[room] = self._submitted
+        gone = self._gone
+        while gone and next(iter(gone.values())) <= self._written:
+            del gone[next(iter(gone))]
 
     def owner(self, room: str) -> str | None:
         return self._peek(room).owner
 
     def set_owner(self, room: str, subject: str) -> None:
-        self._room(room).owner = subject
-        self._submit(("o", room, subject))
+        state = self._room(room)
+        state.owner = subject
+        self._change(state, ("o", room, subject))
 
     def topic(self, room: str) -> str | None:
         return self._peek(room).topic
 
     def set_topic(self, room: str, topic: str) -> None:
-        self._room(room).topic = topic
-        self._submit(("t", room, topic))
+        state = self._room(room)
+        state.topic = topic
+        self._change(state, ("t", room, topic))
 
     def read_marker(self, room: str, subject: str) -> int:
         return self._peek(room).reads.get(subject, 0)
 
     def set_read_marker(self, room: str, subject: str, seq: int) -> None:
-        self._room(room).reads[subject] = seq
-        self._submit(("k", room, subject, seq))
+        state = self._room(room)
+        state.reads[subject] = seq
+        self._change(state, ("k", room, subject, seq))
 
     def identity_name(self, subject: str) -> str | None:
         return self._names.get(
@@ -393,23 +427,58 @@ class SQLiteStore(Store):
     def _peek(self, name: str) -> _Room:
         """The room, to look at: one that does not exist yet is shown empty but not created."""
         state = self._rooms.get(name)
+        if state is not None:
+            self._rooms.move_to_end(name)
+            return state
+        state = self._load(name)
         if state is None:
-            state = self._load(name)
-            if state is None:
-                return _Room(name, self._new_epoch, 0)
-            self._rooms[name] = state
+            return _Room(name, self._new_epoch, 0)
+        self._keep(state)
         return state
 
     def _room(self, name: str) -> _Room:
         """The room, to change: created on its first change."""
         state = self._rooms.get(name)
+        if state is not None:
+            self._rooms.move_to_end(name)
+            return state
+        state = self._load(name)
         if state is None:
-            state = self._load(name)
-            if state is None:
-                state = _Room(name, self._new_epoch, 0)
-                self._submit(("r", name, state.epoch))
-            self._rooms[name] = state
+            state = _Room(name, self._new_epoch, 0)
+            # The next room gets another: a room released and used again must not look
+            # like the one before it to a client resuming with the old epoch.
+            self._new_epoch = secrets.token_hex(6)
+            self._change(state, ("r", name, state.epoch))
+        self._keep(state)
         return state
+
+    def _keep(self, state: _Room) -> None:
+        self._rooms[state.name] = state
+        self._tail_total += len(state.messages)
+        self._evict()
+
+    def _evict(self) -> None:
+        """Forget the least recently used rooms beyond the budgets, if the database has them.
+
+        A room with changes the writer has not done yet is passed over (moved to the back);
+        a few at a time, so a lagging writer costs a few steps per call, not a scan.
+        """
+        rooms = self._rooms
+        for _ in range(8):
+            if len(rooms) <= ROOMS_CACHED and self._tail_total <= self._tail_budget:
+                return
+            if len(rooms) <= 1:
+                return
+            name, state = next(iter(rooms.items()))
+            if state.committed >= state.seq and state.op <= self._written:
+                del rooms[name]
+                self._tail_total -= len(state.messages)
+            else:
+                rooms.move_to_end(name)
+
+    def _change(self, state: _Room, op: Op) -> None:
+        self._submit(op)
+        state.op = self._submitted
 
     def _reader(self) -> sqlite3.Connection:
         """The event loop's connection, reopened after the writer restored a deleted file."""
@@ -421,6 +490,11 @@ class SQLiteStore(Store):
 
     def _load(self, name: str) -> _Room | None:
         """A room's first use since start: its row, tail and read markers from the database."""
+        gone = self._gone.get(name)
+        if gone is not None:
+            if gone > self._written:
+                return None
+            del self._gone[name]
         db = self._reader()
         row = db.execute(
             "SELECT epoch, seq, owner, topic FROM rooms WHERE name = ?", (name,)
@@ -458,6 +532,7 @@ class SQLiteStore(Store):
             kept = state.messages
             while kept and kept[0]["seq"] < floor[1]:
                 kept.popleft()
+                self._tail_total -= 1
         return state
 
     def _trim_tail(self, state: _Room) -> None:
@@ -465,6 +540,7 @@ class SQLiteStore(Store):
         kept = state.messages
         while len(kept) > self._tail and kept[0]["seq"] <= state.committed:
             kept.popleft()
+            self._tail_total -= 1
 
     def _submit(self, op: Op) -> None:
         """Queue a write; the writer batches what arrives while it commits or sleeps."""

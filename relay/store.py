@@ -10,9 +10,13 @@ from __future__ import annotations
 import secrets
 from abc import ABC, abstractmethod
 from bisect import bisect_left, bisect_right
-from collections import deque
+from collections import OrderedDict, deque
 
 from shared.protocol import Event
+
+# MemoryStore's bounds over all rooms together (see its docstring).
+ROOMS_MAX = 10_000
+BUDGET = 200_000
 
 
 class Store(ABC):
@@ -41,6 +45,14 @@ class Store(ABC):
     @abstractmethod
     def delete_room(self, room: str) -> None:
         """Forget the room's history, owner, topic and read markers; its next use starts anew."""
+
+    def release(self, room: str) -> None:
+        """The room's last member left: forget it if it has nothing worth keeping.
+
+        A room with no messages and no topic is only a name; thousands joined once and left
+        must not stay for good. Its next use starts it anew (with a new owner).
+        """
+        return None
 
     @abstractmethod
     def owner(self, room: str) -> str | None:
@@ -127,11 +139,19 @@ class _Log:
 
 
 class MemoryStore(Store):
-    """The last `limit` messages of each room, kept until the process ends."""
+    """The last `limit` messages of each room, kept until the process ends.
 
-    def __init__(self, limit: int = 1000) -> None:
+    All rooms together keep at most `rooms` rooms and `budget` messages: beyond that the least
+    recently used room is forgotten whole (its next use starts a new epoch, as after a restart),
+    so many rooms used once cannot hold memory for good.
+    """
+
+    def __init__(self, limit: int = 1000, rooms: int = ROOMS_MAX, budget: int = BUDGET) -> None:
         self._limit = limit
-        self._logs: dict[str, _Log] = {}
+        self._rooms_max = rooms
+        self._budget = max(budget, limit)
+        self._total = 0
+        self._logs: OrderedDict[str, _Log] = OrderedDict()
         # Stands in for every room not yet created; becomes the next created room's log.
         self._unused = _Log(limit)
         self._names: dict[str, str] = {}
@@ -146,11 +166,23 @@ class MemoryStore(Store):
             # The epoch a lookup already reported for this room becomes the room's own.
             log = self._logs[room] = self._unused
             self._unused = _Log(self._limit)
+            self._evict()
+        else:
+            self._logs.move_to_end(room)
         return log
 
     def _peek(self, room: str) -> _Log:
         """The room's log for reading: looking at a room does not create it."""
-        return self._logs.get(room) or self._unused
+        log = self._logs.get(room)
+        if log is None:
+            return self._unused
+        self._logs.move_to_end(room)
+        return log
+
+    def _evict(self) -> None:
+        logs = self._logs
+        while len(logs) > 1 and (len(logs) > self._rooms_max or self._total > self._budget):
+            self._total -= len(logs.popitem(last=False)[1].messages)
 
     def room(self, room: str) -> tuple[str, int]:
         log = self._peek(room)
@@ -159,7 +191,11 @@ class MemoryStore(Store):
     def append(self, room: str, message: Event) -> None:
         log = self._log(room)
         log.seq = message["seq"]
+        if len(log.messages) < self._limit:
+            self._total += 1
         log.messages.append(message)
+        if self._total > self._budget:
+            self._evict()
 
     def after(self, room: str, seq: int) -> list[Event] | None:
         log = self._peek(room)
@@ -179,7 +215,14 @@ class MemoryStore(Store):
         return [kept[i] for i in range(max(0, end - limit), end)]
 
     def delete_room(self, room: str) -> None:
-        self._logs.pop(room, None)
+        log = self._logs.pop(room, None)
+        if log is not None:
+            self._total -= len(log.messages)
+
+    def release(self, room: str) -> None:
+        log = self._logs.get(room)
+        if log is not None and not log.seq and log.topic is None:
+            del self._logs[room]
 
     def owner(self, room: str) -> str | None:
         return self._peek(room).owner
