@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
         ("retain-messages", int, 0, "messages the database keeps per room (0: no cap)"),
         ("retain-days", float, 0.0, "days the database keeps a message (0: no limit)"),
         ("db-max-bytes", int, 0, "database size cap, then as on a full disk (0: no cap)"),
+        (
+            "forget-identities-days",
+            float,
+            30.0,
+            "forget unnamed idle identities (0: never)",
+        ),
         ("log-level", str, "info", "critical, error, warning, info or debug"),
         ("ws", str, "websockets-sansio", "uvicorn WebSocket implementation"),
     ]
@@ -123,8 +129,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def _store(args: argparse.Namespace, history: int) -> Store:
     if args.db == ":memory:":
-        return MemoryStore(history)
+        return MemoryStore(history, forget_days=args.forget_identities_days)
     path = Path(args.db) if args.db else args.state_dir / "chat.db"
     return SQLiteStore(
-        path, history, args.retain_messages, args.retain_days, max_bytes=args.db_max_bytes
+        path,
+        history,
+        args.retain_messages,
+        args.retain_days,
+        max_bytes=args.db_max_bytes,
+        forget_days=args.forget_identities_days,
     )

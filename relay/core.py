@@ -305,6 +305,8 @@ class Hub:
         self._users.pop(user.subject, None)
         if self._names.get(user.name.casefold()) is user:
             del self._names[user.name.casefold()]
+        # Seen until now: how long an identity has been away counts from its last logout.
+        self.store.set_identity_name(user.subject, user.name)
         # A client that lost its only connection retries with the same cids after it comes
         # back: keep them for the dedupe window. Parked in logout order, so expiry is a pop
         # from the front.
@@ -455,7 +457,7 @@ class Hub:
         del self._names[old.casefold()]
         self._names[new.casefold()] = user
         user.name = new
-        self.store.set_identity_name(user.subject, new)
+        self.store.set_identity_name(user.subject, new, chosen=True)
         ts = p.now_rfc3339()
         for room in {c.room for c in list(user.clients) if c.room is not None}:
             event = {"type": "nick", "room": room.name, "old": old, "new": new, "ts": ts}

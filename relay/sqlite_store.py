@@ -57,6 +57,8 @@ CACHE_ENTRIES = 4096
 ROOMS_CACHED = 4096
 TAIL_BUDGET = 200_000
 DAY = 86400.0
+# Anonymous identities not seen for this long are forgotten (see _forget_identities).
+FORGET_DAYS = 30.0
 
 log = logging.getLogger("relay.sqlite_store")
 
@@ -87,6 +89,13 @@ MIGRATIONS: tuple[str, ...] = (
         room TEXT NOT NULL, subject TEXT NOT NULL, seq INTEGER NOT NULL,
         PRIMARY KEY (room, subject)
     ) WITHOUT ROWID;
+    """,
+    # Identities remember when they were last seen and whether they picked their own name, so
+    # the relay can forget anonymous ones never seen again. Rows from before are kept.
+    """
+    ALTER TABLE identities ADD COLUMN seen REAL NOT NULL DEFAULT 0;
+    ALTER TABLE identities ADD COLUMN chosen INTEGER NOT NULL DEFAULT 0;
+    UPDATE identities SET seen = CAST(strftime('%s', 'now') AS REAL), chosen = 1;
     """,
 )
 
@@ -177,8 +186,10 @@ class SQLiteStore(Store):
         clock: Callable[[], float] = time.time,
         max_bytes: int = 0,
         tail_budget: int = TAIL_BUDGET,
+        forget_days: float = FORGET_DAYS,
     ) -> None:
         self._path = Path(path)
+        self._forget_days = forget_days
         self._max_bytes = max_bytes
         self._tail = min(history_limit, retain_messages) if retain_messages else history_limit
         self._retain_messages = retain_messages
@@ -362,12 +373,14 @@ class SQLiteStore(Store):
             ),
         )
 
-    def set_identity_name(self, subject: str, name: str) -> None:
+    def set_identity_name(self, subject: str, name: str, chosen: bool = False) -> None:
         old = self.identity_name(subject)
         if old == name:
+            self._submit(("s", subject, self._clock(), int(chosen)))
             return
         freed = old if old is not None and self.subject_of(old) == subject else None
-        self._submit(("i", subject, name, None if old is None else old.casefold()))
+        folded = None if old is None else old.casefold()
+        self._submit(("i", subject, name, folded, self._clock(), int(chosen)))
         if freed is not None:
             self._subjects.put(freed.casefold(), None, self._submitted)
         self._names.put(subject, name, self._submitted)
@@ -555,7 +568,7 @@ class SQLiteStore(Store):
 
     def _run(self) -> None:
         db = self._connect_writer()
-        retaining = bool(self._retain_messages or self._retain_days)
+        retaining = bool(self._retain_messages or self._retain_days or self._forget_days)
         next_retention = time.monotonic() + self._retention_seconds
         # Changes not written yet, oldest first: this batch, or every batch since the database
         # stopped taking writes. They were acknowledged; they wait here until it takes them.
@@ -763,6 +776,7 @@ class SQLiteStore(Store):
 
     def _retain(self, db: sqlite3.Connection) -> None:
         """Delete what the retention settings no longer keep; runs on start and in the writer."""
+        self._forget_identities(db)
         if not (self._retain_messages or self._retain_days):
             return
         cutoff = self._clock() - self._retain_days * DAY
@@ -779,6 +793,39 @@ class SQLiteStore(Store):
                 db.execute("DELETE FROM messages WHERE room = ? AND seq < ?", (name, floor))
                 self._floors[name] = (epoch, floor)
         db.execute("COMMIT")
+
+    def _forget_identities(self, db: sqlite3.Connection) -> None:
+        """Delete anonymous identities not seen for `forget_days`, with what only they used.
+
+        Only those that never picked a name with `nick`, own no room and have no DMs waiting:
+        a client that comes back later with its token is simply a new identity with the
+        token's name. Without this, every one-off connection would stay in the file for good.
+        """
+        if not self._forget_days:
+            return
+        cutoff = self._clock() - self._forget_days * DAY
+        idle = db.execute(
+            "SELECT subject FROM identities WHERE chosen = 0 AND seen < ?"
+            " AND subject NOT IN (SELECT recipient FROM dms)"
+            " AND subject NOT IN (SELECT owner FROM rooms WHERE owner IS NOT NULL)",
+            (cutoff,),
+        ).fetchall()
+        if not idle:
+            return
+        db.execute("BEGIN")
+        for start in range(0, len(idle), ROWS_PER_STATEMENT):
+            chunk = [subject for (subject,) in idle[start : start + ROWS_PER_STATEMENT]]
+            marks = ", ".join("?" * len(chunk))
+            for table, where in (
+                ("identities", f"subject IN ({marks})"),
+                ("names", f"subject IN ({marks})"),
+                ("reads", f"subject IN ({marks})"),
+                ("consent", f"a IN ({marks}) OR b IN ({marks})"),
+            ):
+                params = chunk * where.count("IN")
+                db.execute(f"DELETE FROM {table} WHERE {where}", params)
+        db.execute("COMMIT")
+        log.info("forgot %d identities not seen for %g days", len(idle), self._forget_days)
 
 
 class _Batch:
@@ -828,10 +875,20 @@ def _write_op(db: sqlite3.Connection, op: Op) -> None:
         for table, column in (("messages", "room"), ("reads", "room"), ("rooms", "name")):
             db.execute(f"DELETE FROM {table} WHERE {column} = ?", (key,))
     elif kind == "i":
-        db.execute("INSERT OR REPLACE INTO identities VALUES (?, ?)", (key, op[2]))
+        db.execute(
+            "INSERT INTO identities (subject, name, seen, chosen) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (subject) DO UPDATE SET name = excluded.name, seen = excluded.seen,"
+            " chosen = max(chosen, excluded.chosen)",
+            (key, op[2], op[4], op[5]),
+        )
         if op[3] is not None:
             db.execute("DELETE FROM names WHERE folded = ? AND subject = ?", (op[3], key))
         db.execute("INSERT OR REPLACE INTO names VALUES (?, ?)", (op[2].casefold(), key))
+    elif kind == "s":
+        db.execute(
+            "UPDATE identities SET seen = ?, chosen = max(chosen, ?) WHERE subject = ?",
+            (op[2], op[3], key),
+        )
     elif kind == "h":
         db.execute(
             "INSERT INTO dms (recipient, sender, event) VALUES (?, ?, ?)",

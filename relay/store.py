@@ -8,9 +8,11 @@ writes to disk queues the write and does it off the event loop.
 from __future__ import annotations
 
 import secrets
+import time
 from abc import ABC, abstractmethod
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict, deque
+from collections.abc import Callable
 
 from shared.protocol import Event
 
@@ -122,8 +124,12 @@ class Store(ABC):
         """The name an identity last had, if the store knows it."""
 
     @abstractmethod
-    def set_identity_name(self, subject: str, name: str) -> None:
-        """Remember the name an identity now has."""
+    def set_identity_name(self, subject: str, name: str, chosen: bool = False) -> None:
+        """Remember the name an identity has now (`chosen`: it picked it), and that it was seen.
+
+        Identities that never picked a name, own no room, have no DMs waiting and were not
+        seen for `forget_days` are forgotten, so one-off connections do not stay for good.
+        """
 
 
 class _Log:
@@ -146,8 +152,20 @@ class MemoryStore(Store):
     so many rooms used once cannot hold memory for good.
     """
 
-    def __init__(self, limit: int = 1000, rooms: int = ROOMS_MAX, budget: int = BUDGET) -> None:
+    def __init__(
+        self,
+        limit: int = 1000,
+        rooms: int = ROOMS_MAX,
+        budget: int = BUDGET,
+        forget_days: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._limit = limit
+        self._forget_seconds = forget_days * 86400.0
+        self._clock = clock
+        # Identities by when they were last seen, least recently first; those that chose a name.
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._chosen: set[str] = set()
         self._rooms_max = rooms
         self._budget = max(budget, limit)
         self._total = 0
@@ -245,7 +263,13 @@ class MemoryStore(Store):
     def identity_name(self, subject: str) -> str | None:
         return self._names.get(subject)
 
-    def set_identity_name(self, subject: str, name: str) -> None:
+    def set_identity_name(self, subject: str, name: str, chosen: bool = False) -> None:
+        now = self._clock()
+        self._seen[subject] = now
+        self._seen.move_to_end(subject)
+        if chosen:
+            self._chosen.add(subject)
+        self._forget_idle(now)
         old = self._names.get(subject)
         if old is not None and self._subjects.get(old.casefold()) == subject:
             del self._subjects[old.casefold()]
@@ -254,6 +278,30 @@ class MemoryStore(Store):
 
     def subject_of(self, name: str) -> str | None:
         return self._subjects.get(name.casefold())
+
+    def _forget_idle(self, now: float) -> None:
+        """Forget anonymous identities not seen for `forget_days` (oldest first, stops early)."""
+        if not self._forget_seconds:
+            return
+        seen, gone = self._seen, set()
+        owners: set[str | None] | None = None
+        while seen:
+            subject, at = next(iter(seen.items()))
+            if now - at <= self._forget_seconds:
+                break
+            del seen[subject]
+            if owners is None:
+                owners = {log.owner for log in self._logs.values()}
+            if subject in self._chosen or subject in self._dms or subject in owners:
+                continue
+            gone.add(subject)
+            name = self._names.pop(subject, None)
+            if name is not None and self._subjects.get(name.casefold()) == subject:
+                del self._subjects[name.casefold()]
+            for log in self._logs.values():
+                log.reads.pop(subject, None)
+        if gone:
+            self._consent = {pair: v for pair, v in self._consent.items() if not pair & gone}
 
     def hold_dm(self, to: str, sender: str, event: Event) -> None:
         self._dms.setdefault(to, []).append((sender, event))

@@ -103,3 +103,77 @@ async def test_relay_forgets_rooms_nobody_wrote_in(
     await kept.close()
     assert relay.stop() == 0
     assert rows(db, "rooms") == 1
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+MONTH = 31 * 86400.0
+
+
+def test_sqlite_forgets_anonymous_identities_never_seen_again(tmp_path: Path) -> None:
+    db, clock = tmp_path / "chat.db", Clock()
+    store = SQLiteStore(db, clock=clock)
+    for i in range(ROOMS):
+        store.set_identity_name(f"s{i}", f"anon-{i}")
+    store.set_identity_name("picked", "picked-a-name", chosen=True)
+    store.set_identity_name("inbox", "has-mail")
+    store.hold_dm("inbox", "s1", {"type": "dm", "id": "d1", "text": "hi"})
+    store.set_identity_name("owner", "owns-a-room")
+    store.set_owner("their-room", "owner")
+    store.set_dm_consent("s2", "picked", "pending", "s2")
+    clock.now += MONTH
+    store.set_identity_name("s3", "anon-3")
+    store.close()
+    assert rows(db, "identities") == ROOMS + 3
+
+    store = SQLiteStore(db, clock=clock)
+    kept = {"s3", "picked", "inbox", "owner"}
+    with closing(sqlite3.connect(db)) as raw:
+        left = {subject for (subject,) in raw.execute("SELECT subject FROM identities")}
+    assert left == kept
+    assert rows(db, "names") == len(kept) and rows(db, "consent") == 0
+    assert store.subject_of("anon-3") == "s3" and store.subject_of("anon-4") is None
+    store.close()
+
+
+def test_memory_store_forgets_anonymous_identities_never_seen_again() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    for i in range(ROOMS):
+        store.set_identity_name(f"s{i}", f"anon-{i}")
+    store.set_identity_name("picked", "picked-a-name", chosen=True)
+    store.set_identity_name("inbox", "has-mail")
+    store.hold_dm("inbox", "s1", {"type": "dm", "id": "d1", "text": "hi"})
+    store.set_dm_consent("s2", "picked", "pending", "s2")
+    clock.now += MONTH
+    store.set_identity_name("s3", "anon-3")
+    assert set(store._names) == {"s3", "picked", "inbox"}
+    assert store.subject_of("anon-4") is None and store.subject_of("anon-3") == "s3"
+    assert store.dm_consent("s2", "picked") is None
+
+
+def test_hub_marks_identities_seen_at_logout_and_nick_as_chosen() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    hub = hub_on(store)
+    named, anon = Recorder(), Recorder()
+    hub.join(named, "r")
+    hub.join(anon, "r")
+    hub.receive(named, '{"type": "nick", "name": "keeper"}')
+    clock.now += MONTH
+    hub.leave(named)
+    hub.leave(anon)
+    anon_name = anon.of("welcome")[0]["you"]
+    clock.now += 20 * 86400.0
+    store.set_identity_name("someone-new", "trigger")
+    assert store.subject_of(anon_name) is not None, "away for 20 days since its logout"
+    clock.now += 15 * 86400.0
+    store.set_identity_name("someone-else", "trigger-2")
+    assert store.subject_of("keeper") is not None
+    assert store.subject_of(anon_name) is None
