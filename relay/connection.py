@@ -107,8 +107,16 @@ class Connection(Client):
         super().preload(events)
 
     def when_written(self, callback: Callable[[], None]) -> None:
-        # One at a time: the hub asks for the next page only from the previous callback.
-        self._on_written = callback
+        earlier = self._on_written
+        if earlier is None:
+            self._on_written = callback
+        else:
+            # Two drains at once (an accept while the offline queue drains): both go on.
+            def both() -> None:
+                earlier()
+                callback()
+
+            self._on_written = both
         if not self._queue and self._writer is None:
             self._written()
 
