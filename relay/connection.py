@@ -95,7 +95,8 @@ class Connection(Client):
             return
         if direct.writable():
             direct.write(self._take_all())
-            self._written()
+            if self._on_written is not None:
+                self._written()
         elif direct.gone():
             self._drop_queue()
         else:
