@@ -177,10 +177,15 @@ def main() -> None:
     seconds = min(max(args.load_seconds, 1.0), 30.0)
     windows = []
     for _ in range(runs):
-        result = asyncio.run(one_run(clients, args.senders, witnesses, seconds))
+        try:
+            result = asyncio.run(one_run(clients, args.senders, witnesses, seconds))
+        except RuntimeError as failed:
+            print(json.dumps({"error": str(failed)}), flush=True)
+            continue
         windows.append(result["loss_window_ms"])
         print(json.dumps(result), flush=True)
-    print(json.dumps({"runs": runs, "max_loss_window_ms": max(windows)}), flush=True)
+    summary = {"runs": len(windows), "max_loss_window_ms": max(windows, default=None)}
+    print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":
