@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from starlette.applications import Starlette
@@ -20,7 +21,9 @@ from relay.direct import Flusher
 from relay.metrics import render_store
 from shared import protocol as p
 
-_POST_STATUS = {p.NAME_TAKEN: 409, p.TOO_LARGE: 413, p.UNAVAILABLE: 503}
+log = logging.getLogger("relay.app")
+
+_POST_STATUS = {p.NAME_TAKEN: 409, p.TOO_LARGE: 413, p.RATE_LIMITED: 429, p.UNAVAILABLE: 503}
 # How long a client refused with 503 should wait: the store retries at most this far apart.
 RETRY_AFTER = "2"
 
@@ -51,7 +54,15 @@ class ChatEndpoint:
             await websocket.close(p.CLOSE_POLICY, problem)
             return
         limit = self.hub.limits.send_queue_bytes
-        connection = Connection(send, json_mode, limit, self.flusher)
+        peer = scope.get("client")
+        address = str(peer[0]) if peer else ""
+        connection = Connection(send, json_mode, limit, self.flusher, address)
+        path = "direct" if connection.direct else "asgi"
+        if path != self.hub.metrics.write_path:
+            log.warning(
+                "write path is %s, not %s as expected at start", path, self.hub.metrics.write_path
+            )
+            self.hub.metrics.write_path = path
         try:
             self.hub.join(connection, room, **params)
             while True:
@@ -129,7 +140,8 @@ def create_app(hub: Hub) -> Router:
         if not isinstance(sender, str) or not isinstance(text, str):
             return _error(400, p.BAD_REQUEST, "'from' and 'text' must be strings")
         try:
-            message = hub.post(room, sender, text)
+            address = request.client.host if request.client else ""
+            message = hub.post(room, sender, text, address)
         except PostError as refused:
             response = _error(_POST_STATUS.get(refused.code, 400), refused.code, refused.detail)
             if refused.code == p.UNAVAILABLE:

@@ -17,6 +17,7 @@ from typing import Any
 
 from relay.core import Client, Outgoing
 from relay.direct import DirectSocket, Flusher, text_frame
+from shared import protocol as p
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
@@ -49,8 +50,10 @@ class Connection(Client):
         "_writer",
     )
 
-    def __init__(self, send: Send, json: bool, queue_limit: int, flusher: Flusher) -> None:
-        super().__init__(json)
+    def __init__(
+        self, send: Send, json: bool, queue_limit: int, flusher: Flusher, address: str = ""
+    ) -> None:
+        super().__init__(json, address)
         self._send = send
         self._direct = DirectSocket.behind(send)
         self._flusher = flusher
@@ -63,6 +66,11 @@ class Connection(Client):
         self._closing: tuple[int, str] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._on_written: Callable[[], None] | None = None
+
+    @property
+    def direct(self) -> bool:
+        """Whether frames go straight to the transport (relay/direct.py), not through `send`."""
+        return self._direct is not None
 
     def deliver(self, event: Outgoing) -> bool:
         if self._closing is not None:
@@ -101,6 +109,11 @@ class Connection(Client):
             self._drop_queue()
         else:
             self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    def fail(self) -> None:
+        self._marked = False
+        self._drop_queue()
+        self.close(p.CLOSE_INTERNAL_ERROR, "internal error", flush=False)
 
     def preload(self, events: list[Outgoing]) -> None:
         # The budget grows by the preload until the writer has sent it all (queue empty).
@@ -204,6 +217,8 @@ class Connection(Client):
     def _drop_queue(self) -> None:
         self._queue.clear()
         self._queued = 0
+        # What was dropped was not written: a DM drain waiting for it stops, its DMs stay kept.
+        self._on_written = None
 
     async def _send_close(self) -> None:
         assert self._closing is not None
