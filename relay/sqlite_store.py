@@ -752,6 +752,9 @@ class SQLiteStore(Store):
                 if _unavailable(exc):
                     raise _Unavailable(index, str(exc)) from None
                 self._lost = True
+                if op[0] == "m":
+                    # Done with, as far as the tail is concerned: it may be trimmed past it.
+                    op[1].committed = max(op[1].committed, op[2]["seq"])
                 log.error("%s refused one change (%s), dropped it: %s", self._path, op[0], exc)
         return len(ops)
 

@@ -323,3 +323,12 @@ async def test_full_disk_refuses_then_recovers_by_itself(
     assert relay.stop() == 0
     relay = relay_factory("--db", str(db))
     await check_kept(relay, "r", echoed)
+
+
+def test_dropped_bad_row_does_not_pin_its_room_in_memory(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "chat.db", history_limit=2)
+    store.append("r", message("r", 1, "bad \ud800 row"))
+    store.flush()
+    # Done with, although not written: the room may be trimmed and evicted like any other.
+    assert store._rooms["r"].committed == 1
+    store.close()
