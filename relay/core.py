@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeGuard, TypeVar
 
 from coolname import generate_slug
 
@@ -855,7 +855,7 @@ class Hub:
         # the messages the marker now covers ("seen by").
         covered = self.store.after(room.name, old) or []
         authors = {message["from"] for message in covered if message["seq"] <= seq}
-        told = {c for c in room.clients if c.user is user or c.user.name in authors}
+        told = {c for c in room.clients if c.user is user or (c.user and c.user.name in authors)}
         event = {"type": "read", "room": room.name, "name": user.name, "seq": seq}
         self._deliver_all(told, Outgoing(event, None))
 
@@ -1197,7 +1197,7 @@ def _fields_problem(request: Event) -> str | None:
     return None
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
