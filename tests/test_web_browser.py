@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from relay.sqlite_store import SQLiteStore
-from shared.protocol import now_rfc3339
+from shared.protocol import name_error, now_rfc3339
 from tests.browser import Page, chromium  # noqa: F401 (the fixture)
 from tests.relayproc import JsonClient, RelayProcess, closed
 
@@ -164,6 +164,21 @@ async def test_reload_keeps_the_identity_and_a_nick(relay, room, pages) -> None:
     page.wait(lambda: page.js("return window.chatApp !== undefined"), "the app")
     page.live(room)
     assert page.me == wanted
+
+
+def test_nick_follows_the_relays_name_rule(relay, room, pages) -> None:
+    """The page checks a new name as the relay does (ASCII, a letter first) and says why."""
+    page = pages(page_url(relay, room))
+    page.live(room)
+    before = page.me
+    check = "return import('/protocol.js').then((m) => m.nameError(arguments[0]))"
+    for bad in ("élan", "9lives", "-dash", "\uff57ide"):
+        assert page.js(check, bad) == name_error(bad), bad
+    for good in ("alice", "Bob_2", "c.d-e"):
+        assert page.js(check, good) is None, good
+    page.type("/nick 9lives")
+    page.wait_text(room, name_error("9lives"), ".error")
+    assert page.me == before
 
 
 async def test_relay_restart_resumes_without_gap_or_duplicate(relay_factory, room, pages) -> None:
