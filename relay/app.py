@@ -19,13 +19,22 @@ from relay.connection import Connection
 from relay.core import Hub, PostError
 from relay.direct import Flusher
 from relay.login import account_routes, threaded_offload
+from relay.metrics import render_store
 from relay.webclient import WebClient
 from shared import protocol as p
 
 log = logging.getLogger("relay.app")
 
-_POST_STATUS = {p.NAME_TAKEN: 409, p.TOO_LARGE: 413, p.RATE_LIMITED: 429, p.NOT_MEMBER: 403}
+_POST_STATUS = {
+    p.NAME_TAKEN: 409,
+    p.TOO_LARGE: 413,
+    p.RATE_LIMITED: 429,
+    p.NOT_MEMBER: 403,
+    p.UNAVAILABLE: 503,
+}
 _COUNT_DIGITS = 18
+# How long a client refused with 503 should wait: the store retries at most this far apart.
+RETRY_AFTER = "2"
 
 
 class ChatEndpoint:
@@ -94,9 +103,12 @@ def create_app(hub: Hub, key: str | None = None) -> Router:
     hub.offload = threaded_offload
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse(
-            {"status": "ok", "connections": len(hub.clients), "rooms": len(hub.rooms)}
-        )
+        problem = hub.store.problem()
+        health = {"status": "ok", "connections": len(hub.clients), "rooms": len(hub.rooms)}
+        if problem is None:
+            return JSONResponse(health)
+        health |= {"status": "unavailable", "reason": f"store: {problem}"}
+        return JSONResponse(health, status_code=503, headers={"Retry-After": RETRY_AFTER})
 
     async def rooms(request: Request) -> Response:
         # Invite-only rooms are listed to their members only (identity token as for /chat).
@@ -151,11 +163,15 @@ def create_app(hub: Hub, key: str | None = None) -> Router:
             address = request.client.host if request.client else ""
             message = hub.post(room, sender, text, address)
         except PostError as refused:
-            return _error(_POST_STATUS.get(refused.code, 400), refused.code, refused.detail)
+            response = _error(_POST_STATUS.get(refused.code, 400), refused.code, refused.detail)
+            if refused.code == p.UNAVAILABLE:
+                response.headers["Retry-After"] = RETRY_AFTER
+            return response
         return JSONResponse(message, status_code=201)
 
     async def metrics(request: Request) -> Response:
         body = hub.metrics.render(len(hub.clients), len(hub.rooms), hub.user_count())
+        body += render_store(*hub.store.counters(), hub.store.problem() is None)
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
 
     api = Starlette(

@@ -76,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
         ("token-days", float, 90.0, "days a token stays valid unused (0: forever)"),
         ("jwt-secret", str, None, "accept HS256 JWT identity tokens signed with this secret"),
         ("jwt-public-key", Path, None, "accept RS256 JWT identity tokens (PEM public key file)"),
+        ("db-max-bytes", int, 0, "database size cap, then as on a full disk (0: no cap)"),
+        (
+            "forget-identities-days",
+            float,
+            30.0,
+            "forget unnamed idle identities (0: never)",
+        ),
         ("max-connections", int, 0, "open sockets at most (0: what the fd limit allows)"),
         ("max-connections-per-address", int, 256, "open sockets per client address (0: no cap)"),
         ("handshake-timeout", float, 10.0, "seconds a request or handshake may take to arrive"),
@@ -156,10 +163,15 @@ def main(argv: list[str] | None = None) -> None:
         address_rate=args.address_rate,
         address_burst=args.address_burst,
     )
-    signer = jwt_signer(
-        load_secret(args.secret, args.state_dir), args.jwt_secret, args.jwt_public_key
-    )
-    store = _store(args, limits.history)
+    try:
+        secret = load_secret(args.secret, args.state_dir)
+    except OSError as exc:
+        raise SystemExit(f"chat-relay: cannot use the state dir {args.state_dir}: {exc}") from None
+    signer = jwt_signer(secret, args.jwt_secret, args.jwt_public_key)
+    try:
+        store = _store(args, limits.history)
+    except (OSError, sqlite3.Error) as exc:
+        raise SystemExit(f"chat-relay: cannot write the database: {exc}") from None
     hub = Hub(
         store,
         signer,
@@ -273,6 +285,13 @@ def _capacity(max_connections: int) -> int:
 
 def _store(args: argparse.Namespace, history: int) -> Store:
     if args.db == ":memory:":
-        return MemoryStore(history)
+        return MemoryStore(history, forget_days=args.forget_identities_days)
     path = Path(args.db) if args.db else args.state_dir / "chat.db"
-    return SQLiteStore(path, history, args.retain_messages, args.retain_days)
+    return SQLiteStore(
+        path,
+        history,
+        args.retain_messages,
+        args.retain_days,
+        max_bytes=args.db_max_bytes,
+        forget_days=args.forget_identities_days,
+    )

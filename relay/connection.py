@@ -43,6 +43,7 @@ class Connection(Client):
         "_flusher",
         "_limit",
         "_marked",
+        "_on_written",
         "_queue",
         "_queued",
         "_send",
@@ -64,6 +65,7 @@ class Connection(Client):
         self._queued = 0
         self._closing: tuple[int, str] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._on_written: Callable[[], None] | None = None
 
     @property
     def direct(self) -> bool:
@@ -101,6 +103,8 @@ class Connection(Client):
             return
         if direct.writable():
             direct.write(self._take_all())
+            if self._on_written is not None:
+                self._written()
         elif direct.gone():
             self._drop_queue()
         else:
@@ -115,6 +119,27 @@ class Connection(Client):
         # The budget grows by the preload until the writer has sent it all (queue empty).
         self._limit += sum(len(event.json) for event in events)
         super().preload(events)
+
+    def when_written(self, callback: Callable[[], None]) -> None:
+        earlier = self._on_written
+        if earlier is None:
+            self._on_written = callback
+        else:
+            # Two drains at once (an accept while the offline queue drains): both go on.
+            def both() -> None:
+                earlier()
+                callback()
+
+            self._on_written = both
+        if not self._queue and self._writer is None:
+            self._written()
+
+    def _written(self) -> None:
+        """The queue went to the socket: tell whoever waits for that (after, not before)."""
+        callback = self._on_written
+        if callback is not None and not self._queue:
+            self._on_written = None
+            callback()
 
     def close(self, code: int, reason: str, flush: bool) -> None:
         if self._closing is not None:
@@ -153,6 +178,7 @@ class Connection(Client):
             await self._send_close()
         else:
             self._writer = None
+            self._written()
 
     def _take_sends(self) -> list[str]:
         """Everything queued, as the texts of ASGI sends: batches (chat.v1) or single lines."""
@@ -191,6 +217,8 @@ class Connection(Client):
     def _drop_queue(self) -> None:
         self._queue.clear()
         self._queued = 0
+        # What was dropped was not written: a DM drain waiting for it stops, its DMs stay kept.
+        self._on_written = None
 
     async def _send_close(self) -> None:
         assert self._closing is not None

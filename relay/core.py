@@ -39,6 +39,9 @@ NAME_GRACE = 30 * 86400.0
 
 T = TypeVar("T")
 Offload = Callable[[Callable[[], Any], Callable[[Any], None]], None]
+STORE_DOWN = "the relay cannot store messages right now; try again later"
+# Kept DMs go out in pages of about this many characters as the socket takes them.
+HELD_PAGE_CHARS = 64 * 1024
 
 # DM consent between two identities, kept in the store.
 PENDING = "pending"
@@ -121,6 +124,10 @@ class Client:
         """
         for event in events:
             self.deliver(event)
+
+    def when_written(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once everything queued so far has been written to the socket."""
+        callback()
 
 
 class User:
@@ -227,6 +234,9 @@ class Hub:
         if client.json:
             self._welcome(client, room, backlog, since, epoch)
         self._deliver_waiting(client, first=not user.clients)
+        if client.room is None:
+            # Closed before it was a member (e.g. dropped as too slow): nothing to undo.
+            return
         user.clients.add(client)
         room.clients[client] = None
         count = room.users.get(user, 0)
@@ -405,6 +415,7 @@ class Hub:
                 self._fanout(room, Outgoing(left, f"{user.name} :: left the chat"))
         if not room.clients and self.rooms.get(room.name) is room:
             del self.rooms[room.name]
+            self.store.release(room.name)
         self._logout_if_gone(user)
 
     def _logout_if_gone(self, user: User) -> None:
@@ -413,6 +424,8 @@ class Hub:
         self._users.pop(user.subject, None)
         if self._names.get(key(user.name)) is user:
             del self._names[key(user.name)]
+        # Seen until now: how long an identity has been away counts from its last logout.
+        self.store.set_identity_name(user.subject, user.name)
         now = self.clock()
         self._left_at[user.subject] = now
         while self._left_at:
@@ -532,6 +545,8 @@ class Hub:
             if sent is not None:
                 self._send(client, Outgoing(sent, None))
                 return
+        if self._store_down(client):
+            return
         message = self._message(room.name, user.name, text, cid=cid)
         if cid is not None:
             user.cids[cid] = (self.clock(), message)
@@ -603,7 +618,7 @@ class Hub:
         del self._names[key(old)]
         self._names[key(new)] = user
         user.name = new
-        self.store.set_identity_name(user.subject, new)
+        self.store.set_identity_name(user.subject, new, chosen=True)
         ts = p.now_rfc3339()
         for room in {c.room for c in list(user.clients) if c.room is not None}:
             event = {"type": "nick", "room": room.name, "old": old, "new": new, "ts": ts}
@@ -698,7 +713,7 @@ class Hub:
             self._error(client, p.DM_DECLINED, f"{event['to']} declined your messages")
         elif state == ACCEPTED and recipient is not None:
             self._deliver_all(recipient.clients | sender.clients, _dm(event))
-        else:
+        elif not self._store_down(client):
             # Offline, or the recipient has not answered the request yet: keep it for them.
             self.store.hold_dm(subject, sender.subject, event)
             flag = "queued" if state == ACCEPTED else "held"
@@ -744,10 +759,9 @@ class Hub:
         self.store.set_dm_consent(subject, requester, ACCEPTED, requester)
         user = self._users.get(subject)
         if user is not None:
-            for sender, event in self.store.held_dms(subject):
-                if sender == requester:
-                    self._deliver_all(user.clients, _dm(event))
-            self.store.drop_dms(subject, requester)
+            held = [event for sender, event in self.store.held_dms(subject) if sender == requester]
+            for client in list(user.clients):
+                self._drain_held(client, held)
         waiting = self._users.get(requester)
         if waiting is not None:
             answer = {"type": "dm_accepted", "by": self._name_of(subject)}
@@ -758,15 +772,41 @@ class Hub:
         user = client.user
         assert user is not None
         held = self.store.held_dms(user.subject)
+        requests: list[Outgoing] = []
+        accepted: set[str] = set()
         for requester in dict.fromkeys(sender for sender, _ in held):
             state = self.store.dm_consent(user.subject, requester)
             if state == (PENDING, requester):
-                self._send(client, _dm_request(self._name_of(requester)))
+                requests.append(_dm_request(self._name_of(requester)))
             elif first and state is not None and state[0] == ACCEPTED:
-                for sender, event in held:
-                    if sender == requester:
-                        self._send(client, _dm(event))
-                self.store.drop_dms(user.subject, requester)
+                accepted.add(requester)
+        # Part of the joiner's first frames, like the welcome: never counted as falling behind.
+        client.preload(requests)
+        self._drain_held(client, [event for sender, event in held if sender in accepted])
+
+    def _drain_held(self, client: Client, held: list[Event]) -> None:
+        """Send kept DMs a page at a time, each page once the socket took the one before.
+
+        An offline queue can be far larger than a connection's send budget: queued at once
+        it would drop the recipient as a slow consumer. A DM is forgotten only once written
+        to the socket, so a connection that goes away first leaves the rest kept for later.
+        """
+        if not held or client.room is None:
+            return
+        user = client.user
+        assert user is not None
+        size, count = 0, 0
+        while count < len(held) and (count == 0 or size < HELD_PAGE_CHARS):
+            size += len(held[count]["text"]) + 200
+            count += 1
+        page, rest = held[:count], held[count:]
+        client.preload([_dm(event) for event in page])
+
+        def written() -> None:
+            self.store.forget_dms(user.subject, [event["id"] for event in page])
+            self._drain_held(client, rest)
+
+        client.when_written(written)
 
     def _subject_of(self, name: str) -> str | None:
         user = self._names.get(key(name))
@@ -833,6 +873,8 @@ class Hub:
         topic = _text(request, "text")
         if not self._owns(client) or not self._text_ok(client, topic, allow_empty=True):
             return
+        if self._store_down(client):
+            return
         self.store.set_topic(room.name, topic)
         ts = p.now_rfc3339()
         event = {"type": "topic", "room": room.name, "topic": topic, "by": user.name, "ts": ts}
@@ -874,6 +916,7 @@ class Hub:
             self._logout_if_gone(member.user)
             member.close(p.CLOSE_ROOM_CLOSED, f"room closed by {user.name}", flush=True)
         self.store.delete_room(room.name)
+        self.store.release(room.name)
         self.registry.set_private(room.name, False, set())
 
     def _on_private(self, client: Client, request: Event) -> None:
@@ -1002,6 +1045,8 @@ class Hub:
         text_problem = self._text_problem(text)
         if text_problem is not None:
             raise PostError(*text_problem)
+        if self.store.problem() is not None:
+            raise PostError(p.UNAVAILABLE, STORE_DOWN)
         message = self._message(room_name, sender, text, via="http")
         room = self.rooms.get(room_name)
         if room is not None:
@@ -1071,6 +1116,17 @@ class Hub:
                 self.metrics.slow_consumers += 1
                 self.leave(client)
                 client.close(p.CLOSE_SLOW_CONSUMER, "too slow: send queue full", flush=False)
+
+    def _store_down(self, client: Client) -> bool:
+        """Refuse, with `error unavailable`, a change the store cannot keep now.
+
+        An echo promises the message is kept; while the store cannot write, the relay does
+        not make promises it may break.
+        """
+        if self.store.problem() is None:
+            return False
+        self._error(client, p.UNAVAILABLE, STORE_DOWN)
+        return True
 
     def _error(self, client: Client, code: str, detail: str) -> None:
         self.metrics.errors[code] += 1

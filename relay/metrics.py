@@ -102,3 +102,21 @@ class Metrics:
         for code, count in sorted(self.errors.items()):
             lines.append(f'chat_errors_total{{code="{code}"}} {count}')
         return "\n".join(lines) + "\n"
+
+
+def render_store(failures: int, pending: int, healthy: bool) -> str:
+    """The store's health, from the writer thread's own counters (read, never reset)."""
+    rows = [
+        (
+            "chat_store_failures_total",
+            "counter",
+            "Attempts to write to the store that failed (disk full, read-only, deleted).",
+            failures,
+        ),
+        ("chat_store_pending", "gauge", "Acknowledged changes waiting to be written.", pending),
+        ("chat_store_healthy", "gauge", "1 while the store takes writes, else 0.", int(healthy)),
+    ]
+    lines: list[str] = []
+    for name, kind, help_text, value in rows:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+    return "\n".join(lines) + "\n"

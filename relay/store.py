@@ -8,11 +8,18 @@ writes to disk queues the write and does it off the event loop.
 from __future__ import annotations
 
 import secrets
+import time
 from abc import ABC, abstractmethod
-from collections import deque
+from bisect import bisect_left, bisect_right
+from collections import OrderedDict, deque
+from collections.abc import Callable
 
 from relay.names import key
 from shared.protocol import Event
+
+# MemoryStore's bounds over all rooms together (see its docstring).
+ROOMS_MAX = 10_000
+BUDGET = 200_000
 
 
 class Store(ABC):
@@ -41,6 +48,14 @@ class Store(ABC):
     @abstractmethod
     def delete_room(self, room: str) -> None:
         """Forget the room's history, owner, topic and read markers; its next use starts anew."""
+
+    def release(self, room: str) -> None:
+        """The room's last member left: forget it if it has nothing worth keeping.
+
+        A room with no messages and no topic is only a name; thousands joined once and left
+        must not stay for good. Its next use starts it anew (with a new owner).
+        """
+        return None
 
     @abstractmethod
     def owner(self, room: str) -> str | None:
@@ -79,6 +94,10 @@ class Store(ABC):
         """Forget the DMs kept for `to` from `sender` (delivered or declined)."""
 
     @abstractmethod
+    def forget_dms(self, to: str, ids: list[str]) -> None:
+        """Forget the DMs kept for `to` with these ids (written to the recipient's socket)."""
+
+    @abstractmethod
     def dm_consent(self, a: str, b: str) -> tuple[str, str] | None:
         """(state, requester) of the pair {a, b}: state is pending, accepted or declined."""
 
@@ -89,13 +108,29 @@ class Store(ABC):
         """Finish pending writes; the relay calls this once, after its last connection."""
         return None
 
+    def problem(self) -> str | None:
+        """Why the store cannot keep changes now, or None while it can.
+
+        The relay then refuses what it would have to keep (messages, held DMs, topics) rather
+        than acknowledge what may be lost; what it acknowledged before is kept and retried.
+        """
+        return None
+
+    def counters(self) -> tuple[int, int]:
+        """(failed write attempts so far, changes waiting to be written) for /metrics."""
+        return 0, 0
+
     @abstractmethod
     def identity_name(self, subject: str) -> str | None:
         """The name an identity last had, if the store knows it."""
 
     @abstractmethod
-    def set_identity_name(self, subject: str, name: str) -> None:
-        """Remember the name an identity now has."""
+    def set_identity_name(self, subject: str, name: str, chosen: bool = False) -> None:
+        """Remember the name an identity has now (`chosen`: it picked it), and that it was seen.
+
+        Identities that never picked a name, own no room, have no DMs waiting and were not
+        seen for `forget_days` are forgotten, so one-off connections do not stay for good.
+        """
 
 
 class _Log:
@@ -111,11 +146,31 @@ class _Log:
 
 
 class MemoryStore(Store):
-    """The last `limit` messages of each room, kept until the process ends."""
+    """The last `limit` messages of each room, kept until the process ends.
 
-    def __init__(self, limit: int = 1000) -> None:
+    All rooms together keep at most `rooms` rooms and `budget` messages: beyond that the least
+    recently used room is forgotten whole (its next use starts a new epoch, as after a restart),
+    so many rooms used once cannot hold memory for good.
+    """
+
+    def __init__(
+        self,
+        limit: int = 1000,
+        rooms: int = ROOMS_MAX,
+        budget: int = BUDGET,
+        forget_days: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._limit = limit
-        self._logs: dict[str, _Log] = {}
+        self._forget_seconds = forget_days * 86400.0
+        self._clock = clock
+        # Identities by when they were last seen, least recently first; those that chose a name.
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._chosen: set[str] = set()
+        self._rooms_max = rooms
+        self._budget = max(budget, limit)
+        self._total = 0
+        self._logs: OrderedDict[str, _Log] = OrderedDict()
         # Stands in for every room not yet created; becomes the next created room's log.
         self._unused = _Log(limit)
         self._names: dict[str, str] = {}
@@ -130,11 +185,23 @@ class MemoryStore(Store):
             # The epoch a lookup already reported for this room becomes the room's own.
             log = self._logs[room] = self._unused
             self._unused = _Log(self._limit)
+            self._evict()
+        else:
+            self._logs.move_to_end(room)
         return log
 
     def _peek(self, room: str) -> _Log:
         """The room's log for reading: looking at a room does not create it."""
-        return self._logs.get(room) or self._unused
+        log = self._logs.get(room)
+        if log is None:
+            return self._unused
+        self._logs.move_to_end(room)
+        return log
+
+    def _evict(self) -> None:
+        logs = self._logs
+        while len(logs) > 1 and (len(logs) > self._rooms_max or self._total > self._budget):
+            self._total -= len(logs.popitem(last=False)[1].messages)
 
     def room(self, room: str) -> tuple[str, int]:
         log = self._peek(room)
@@ -143,7 +210,11 @@ class MemoryStore(Store):
     def append(self, room: str, message: Event) -> None:
         log = self._log(room)
         log.seq = message["seq"]
+        if len(log.messages) < self._limit:
+            self._total += 1
         log.messages.append(message)
+        if self._total > self._budget:
+            self._evict()
 
     def after(self, room: str, seq: int) -> list[Event] | None:
         log = self._peek(room)
@@ -152,18 +223,25 @@ class MemoryStore(Store):
         kept = log.messages
         if not kept or kept[0]["seq"] > seq + 1:
             return None
-        start = len(kept) - (log.seq - seq)
+        start = bisect_right(kept, seq, key=seq_key)
         return [kept[i] for i in range(start, len(kept))]
 
     def before(self, room: str, before: int | None, limit: int) -> list[Event]:
         kept = self._peek(room).messages
         if not kept or limit <= 0:
             return []
-        end = len(kept) if before is None else max(0, min(len(kept), before - kept[0]["seq"]))
+        end = len(kept) if before is None else bisect_left(kept, before, key=seq_key)
         return [kept[i] for i in range(max(0, end - limit), end)]
 
     def delete_room(self, room: str) -> None:
-        self._logs.pop(room, None)
+        log = self._logs.pop(room, None)
+        if log is not None:
+            self._total -= len(log.messages)
+
+    def release(self, room: str) -> None:
+        log = self._logs.get(room)
+        if log is not None and not log.seq and log.topic is None:
+            del self._logs[room]
 
     def owner(self, room: str) -> str | None:
         return self._peek(room).owner
@@ -186,7 +264,13 @@ class MemoryStore(Store):
     def identity_name(self, subject: str) -> str | None:
         return self._names.get(subject)
 
-    def set_identity_name(self, subject: str, name: str) -> None:
+    def set_identity_name(self, subject: str, name: str, chosen: bool = False) -> None:
+        now = self._clock()
+        self._seen[subject] = now
+        self._seen.move_to_end(subject)
+        if chosen:
+            self._chosen.add(subject)
+        self._forget_idle(now)
         old = self._names.get(subject)
         if old is not None and self._subjects.get(key(old)) == subject:
             del self._subjects[key(old)]
@@ -195,6 +279,30 @@ class MemoryStore(Store):
 
     def subject_of(self, name: str) -> str | None:
         return self._subjects.get(key(name))
+
+    def _forget_idle(self, now: float) -> None:
+        """Forget anonymous identities not seen for `forget_days` (oldest first, stops early)."""
+        if not self._forget_seconds:
+            return
+        seen, gone = self._seen, set()
+        owners: set[str | None] | None = None
+        while seen:
+            subject, at = next(iter(seen.items()))
+            if now - at <= self._forget_seconds:
+                break
+            del seen[subject]
+            if owners is None:
+                owners = {log.owner for log in self._logs.values()}
+            if subject in self._chosen or subject in self._dms or subject in owners:
+                continue
+            gone.add(subject)
+            name = self._names.pop(subject, None)
+            if name is not None and self._subjects.get(key(name)) == subject:
+                del self._subjects[key(name)]
+            for log in self._logs.values():
+                log.reads.pop(subject, None)
+        if gone:
+            self._consent = {pair: v for pair, v in self._consent.items() if not pair & gone}
 
     def hold_dm(self, to: str, sender: str, event: Event) -> None:
         self._dms.setdefault(to, []).append((sender, event))
@@ -209,8 +317,26 @@ class MemoryStore(Store):
         else:
             self._dms.pop(to, None)
 
+    def forget_dms(self, to: str, ids: list[str]) -> None:
+        gone = set(ids)
+        kept = [held for held in self._dms.get(to, ()) if held[1]["id"] not in gone]
+        if kept:
+            self._dms[to] = kept
+        else:
+            self._dms.pop(to, None)
+
     def dm_consent(self, a: str, b: str) -> tuple[str, str] | None:
         return self._consent.get(frozenset((a, b)))
 
     def set_dm_consent(self, a: str, b: str, state: str, requester: str) -> None:
         self._consent[frozenset((a, b))] = (state, requester)
+
+
+def seq_key(message: Event) -> int:
+    """Positions in a tail come from seqs by search, never by arithmetic: seqs can have gaps.
+
+    A message the database could not keep, or one lost in a crash, leaves a hole in the seqs
+    that survive; counting back from the latest seq would then land on the wrong message.
+    """
+    seq: int = message["seq"]
+    return seq

@@ -59,6 +59,7 @@ BAD_PASSWORD = "bad_password"
 REGISTERED = "registered"
 NOT_REGISTERED = "not_registered"
 NOT_MEMBER = "not_member"
+UNAVAILABLE = "unavailable"
 
 
 def _valid_chars(text: str) -> bool:
