@@ -6,7 +6,9 @@ untouched for WebSockets (relay/direct.py recognises uvicorn's protocol behind i
 
 - Key: with `--key`, every request must carry it (`Authorization: Bearer KEY`, or `?key=KEY`
   for clients that cannot set headers, such as browsers); `/healthz` and `/metrics` stay open
-  so probes and scrapers need no secret.
+  so probes and scrapers need no secret, and so does reading the browser client's own files
+  (GET/HEAD of `relay.webclient.PAGE_PATHS`): they hold no data, and the page has to load
+  before it can ask its user for the key.
 - Origin: a browser sends `Origin` with every WebSocket handshake and cross-site POST; a page
   on another site must not join rooms or post through the user's browser. Requests without
   an Origin (every non-browser client) are allowed.
@@ -29,6 +31,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from relay.webclient import PAGE_PATHS
 from shared import protocol as p
 
 OPEN_PATHS = frozenset({"/healthz", "/metrics"})
@@ -110,7 +113,8 @@ class AccessMiddleware:
         origin = headers.get("origin")
         if writes and origin is not None and not self._origin_ok(origin, host, scope):
             return 403, "bad_origin", f"origin {origin[:100]!r} is not allowed"
-        if policy.key is not None and method != "OPTIONS" and not self._key_ok(scope, headers):
+        keyless = method == "OPTIONS" or (not writes and scope["path"] in PAGE_PATHS)
+        if policy.key is not None and not keyless and not self._key_ok(scope, headers):
             given = "authorization" in headers or b"key=" in scope.get("query_string", b"")
             return 401, "unauthorized", "wrong access key" if given else "access key required"
         if method == "POST":

@@ -15,6 +15,10 @@ from starlette.types import Message, Receive, Scope, Send
 
 WEB_DIR = Path(__file__).with_name("web")
 
+# What the page is made of, as request paths. The access middleware lets GET/HEAD of exactly
+# these through without the key: they hold no data, and the page must load to ask for the key.
+PAGE_PATHS = frozenset({"/", *(f"/{entry.name}" for entry in WEB_DIR.iterdir() if entry.is_file())})
+
 # A Host header is copied into the policy only when it is a plain host[:port]; anything else
 # (a header built to smuggle a directive) falls back to 'self' alone.
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")

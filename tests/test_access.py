@@ -67,6 +67,24 @@ async def test_http_needs_the_key_but_health_and_metrics_are_open(keyed: RelayPr
         assert (await http.get("/metrics")).status_code == 200
 
 
+async def test_the_browser_page_loads_without_the_key(keyed: RelayProcess) -> None:
+    """The page must load to ask for the key; its files hold no data. Nothing else opens."""
+    async with httpx.AsyncClient(base_url=keyed.http) as http:
+        for path in ("/", "/index.html", "/app.js", "/link.js", "/style.css", "/favicon.svg"):
+            assert (await http.get(path)).status_code == 200, path
+            assert (await http.head(path)).status_code == 200, path
+        page = await http.get("/")
+        assert 'id="key-form"' in page.text
+        assert page.headers["content-security-policy"].startswith("default-src 'none'")
+        for path in ("/rooms", "/rooms/r1/messages", "/nothing-here.js", "/web/app.js"):
+            assert (await http.get(path)).status_code == 401, path
+        # Only reading the files is free: any other method on the page's paths needs the key.
+        response = await http.post("/app.js", json={})
+        assert (response.status_code, response.json()["error"]) == (401, "unauthorized")
+        assert (await http.get("/", headers={"Host": "evil.example"})).status_code == 421
+    assert await refused(keyed.url("r1")) == (1008, "access key required")
+
+
 async def test_a_foreign_origin_cannot_use_the_browsers_way_in(relay_factory) -> None:
     relay = relay_factory("--allow-origin", "https://app.example")
     evil = await refused(relay.url("r1"), origin="http://evil.example")

@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from relay.sqlite_store import SQLiteStore
+from shared.protocol import name_error, now_rfc3339
 from tests.browser import Page, chromium  # noqa: F401 (the fixture)
 from tests.relayproc import JsonClient, RelayProcess, closed
 
@@ -86,6 +88,10 @@ CORPUS = [
     '<img src=x onerror="window.__pwned = 2">',
     "<svg onload=alert(3)></svg><b>bold</b> <a href='javascript:alert(4)'>link</a>",
     "[bold red]markup[/] **md** &lt;entity&gt; &amp;",
+]
+# Terminal escapes and bidi overrides: the relay refuses them (issue 9), but a database written
+# before that rule still replays them, so the page must still show them harmlessly.
+CONTROLS = [
     "\x1b[31mred\x1b[0m \x1b]52;c;ZXZpbA==\x07clip \x9b2J",
     "\u202eevil.exe\u202c txt \u2066isolate",
 ]
@@ -100,12 +106,7 @@ async def test_injection_corpus_shows_as_text_and_runs_nothing(relay, room, page
     page = pages(page_url(relay, room))
     page.live(room)
     page.wait(lambda: len(page.texts(room)) == len(CORPUS), "the corpus")
-    shown = page.texts(room)
-    for text, got in zip(CORPUS, shown, strict=True):
-        if "\x1b" in text:
-            assert got == "␛[31mred␛[0m ␛]52;c;ZXZpbA==␇clip \\x9b2J"
-        else:
-            assert got == text
+    assert page.texts(room) == CORPUS
     assert page.js("return document.getElementById('topic').textContent").startswith("<img")
     active = page.js(
         "return document.querySelectorAll('#panes img, #panes script, #panes svg, #panes a,"
@@ -114,11 +115,38 @@ async def test_injection_corpus_shows_as_text_and_runs_nothing(relay, room, page
     assert active == 0
     assert page.js("return window.__pwned === undefined")
     assert no_alert(page)
+    await raw.close()
+
+
+async def test_controls_are_refused_and_old_ones_show_harmlessly(
+    relay_factory, room, pages, tmp_path
+) -> None:
+    db = tmp_path / "old.db"
+    old = SQLiteStore(db)
+    for seq, text in enumerate(CONTROLS, 1):
+        message = {"type": "message", "room": room, "id": f"old-{seq}", "seq": seq}
+        old.append(room, {**message, "ts": now_rfc3339(), "from": "oldbot", "text": text})
+    old.close()
+    relay = relay_factory("--db", str(db))
+    page = pages(page_url(relay, room))
+    page.live(room)
+    page.wait(lambda: len(page.texts(room)) == len(CONTROLS), "the old messages")
+    assert page.texts(room) == ["␛[31mred␛[0m ␛]52;c;ZXZpbA==␇clip \\x9b2J", CONTROLS[1]]
     bidi = page.js(
         "return getComputedStyle(document.querySelector('.pane.active .msg .text')).unicodeBidi"
     )
     assert bidi == "isolate"
-    await raw.close()
+
+    for text in CONTROLS:
+        page.submit(text)
+    refusals = page.wait(
+        lambda: (lines := page.texts(room, ".error")) and len(lines) == len(CONTROLS) and lines,
+        "the relay's refusals",
+    )
+    assert refusals[0].startswith("(not sent: text contains U+001B, a control character")
+    assert refusals[0].endswith("␛[31mred␛[0m ␛]52;c;ZXZpbA==␇clip \\x9b2J")
+    assert refusals[1].startswith("(not sent: text contains U+202E, a bidirectional")
+    assert len(page.texts(room)) == len(CONTROLS)
 
 
 async def test_reload_keeps_the_identity_and_a_nick(relay, room, pages) -> None:
@@ -136,6 +164,21 @@ async def test_reload_keeps_the_identity_and_a_nick(relay, room, pages) -> None:
     page.wait(lambda: page.js("return window.chatApp !== undefined"), "the app")
     page.live(room)
     assert page.me == wanted
+
+
+def test_nick_follows_the_relays_name_rule(relay, room, pages) -> None:
+    """The page checks a new name as the relay does (ASCII, a letter first) and says why."""
+    page = pages(page_url(relay, room))
+    page.live(room)
+    before = page.me
+    check = "return import('/protocol.js').then((m) => m.nameError(arguments[0]))"
+    for bad in ("élan", "9lives", "-dash", "\uff57ide"):
+        assert page.js(check, bad) == name_error(bad), bad
+    for good in ("alice", "Bob_2", "c.d-e"):
+        assert page.js(check, good) is None, good
+    page.type("/nick 9lives")
+    page.wait_text(room, name_error("9lives"), ".error")
+    assert page.me == before
 
 
 async def test_relay_restart_resumes_without_gap_or_duplicate(relay_factory, room, pages) -> None:
@@ -336,10 +379,11 @@ def test_phone_sized_screen_hides_members_behind_a_button(relay, room, pages) ->
 def test_a_relay_that_wants_a_key_gets_it_from_the_prompt(relay_factory, room, pages) -> None:
     relay = relay_factory("--key", KEY)
     page = pages(page_url(relay, room))
-    page.wait(lambda: page.state(room) in ("live", "offline"), "an answer from the relay")
-    if page.state(room) == "live":
-        pytest.skip("this relay does not ask WebSocket clients for its key yet (issue 9)")
+    page.wait(lambda: page.state(room) == "offline", "the relay's refusal")
     assert page.js("return !document.getElementById('key-form').hidden")
+    assert page.js("return document.getElementById('key-reason').textContent") == (
+        "access key required"
+    )
     page.js("document.getElementById('key-input').value = arguments[0]", KEY)
     page.js("document.getElementById('key-form').requestSubmit()")
     page.live(room)

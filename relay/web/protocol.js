@@ -33,9 +33,15 @@ export function roomError(room) {
   return null;
 }
 
+// Stricter than room names, as the relay's `name_error`: a name in another script could pass
+// for someone else's.
+const USER_NAME = /^[A-Za-z][A-Za-z0-9_.-]*$/;
+
 export function nameError(name) {
   if (name.length < 1 || name.length > 32) return "name must be 1-32 characters";
-  if (!NAME_CHARS.test(name)) return "name may contain only letters, digits, '-', '_' and '.'";
+  if (!USER_NAME.test(name)) {
+    return "name must start with an ASCII letter; then letters, digits, '-', '_' and '.'";
+  }
   return null;
 }
 
