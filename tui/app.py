@@ -5,9 +5,9 @@ from __future__ import annotations
 from textual.app import App
 from textual.binding import Binding
 
+from tui.client.link import Identity
 from tui.clock import Clock
 from tui.config import Config, state_dir
-from tui.connection import Identity
 from tui.screens.chat import ChatScreen
 from tui.screens.help import HelpScreen
 from tui.state import InputHistory, TokenStore
@@ -54,6 +54,14 @@ class ChatApp(App[None]):
 
     def get_default_screen(self) -> ChatScreen:
         return ChatScreen()
+
+    async def action_quit(self) -> None:
+        """Ctrl+Q and /quit: lines still waiting to be sent are not dropped without a word."""
+        chat = self.screen_stack[0] if self.screen_stack else None
+        if isinstance(chat, ChatScreen):
+            chat.confirm_quit()
+        else:
+            self.exit()
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

@@ -14,8 +14,8 @@ from typing import NoReturn
 
 from shared.protocol import room_error
 from shared.sanitize import one_line
+from tui.client.link import Identity
 from tui.config import Config, ConfigError, state_dir
-from tui.connection import Identity
 from tui.http_api import ApiError, list_rooms, post_message
 from tui.plain import EXIT_FAILED, EXIT_OK, PlainOptions, PlainSession
 from tui.state import TokenStore

@@ -18,12 +18,13 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, TabbedContent
-from textual.worker import Worker
+from textual.worker import Worker, WorkerState
 
-from shared.protocol import Event, name_error, room_error
+from shared.protocol import Event, room_error
 from shared.sanitize import one_line
-from tui.commands import COMMANDS, Command, CommandError, is_command, literal, parse
-from tui.connection import Backoff, LinkFailed, RoomLink, State, Status
+from tui.client.commands import COMMANDS, Command, CommandError, is_command, literal, parse
+from tui.client.events import describe
+from tui.client.link import Backoff, LinkFailed, RoomLink, State, Status
 from tui.http_api import ApiError, list_rooms
 from tui.lines import LineFormatter, mentions
 from tui.messages import LinkChanged, RoomEvent
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
 
 HISTORY_PAGE = 100
 UNREAD_TAG = "unread"
+DM_PROMPT_TAG = "dm-prompt"
+# A link worker that failed (a bug, not the network) is started again after this many seconds.
+RESTART_DELAY = 2.0
 # The status line shows the most pressing state; a room that gave up (kicked, refused) only
 # counts as offline when no other room is connected.
 _STATE_RANK = {State.OFFLINE: 0, State.CONNECTED: 1, State.CONNECTING: 2, State.RECONNECTING: 3}
@@ -66,6 +70,8 @@ class ChatScreen(Screen[None]):
         self.statuses: dict[str, Status] = {}
         self.seen_dms: set[object] = set()
         self._retry_at: dict[str, float] = {}
+        self._down: set[str] = set()
+        self._dm_opens: set[str] = set()
         self._read_timers: dict[str, Timer] = {}
         self._ids = count(1)
 
@@ -125,16 +131,21 @@ class ChatScreen(Screen[None]):
             self.chat.config.server,
             room,
             self.chat.identity,
-            lambda event: self.post_message(RoomEvent(room, event)),
+            lambda event, request: self.post_message(RoomEvent(room, event, request)),
             lambda status: self.post_message(LinkChanged(status)),
             backlog=self.chat.config.backlog,
             backoff=Backoff(cap=self.chat.config.reconnect_max_seconds),
         )
+        if not self.links and self.chat.wanted_name:
+            # Queued before anything can be typed, so no line goes out under the old name.
+            link.send({"type": "nick", "name": self.chat.wanted_name})
         self.links[room] = link
         self.link_workers[room] = self._run_link(link, pane)
 
     @work(group="links", exit_on_error=False)
     async def _run_link(self, link: RoomLink, pane: RoomPane) -> None:
+        """Runs until cancelled or refused; any other exception is a bug, handled by
+        `on_worker_state_changed` so the tab does not go silently dead."""
         try:
             await link.run()
         except LinkFailed as failed:
@@ -145,6 +156,29 @@ class ChatScreen(Screen[None]):
                 self.link_workers.pop(link.room, None)
                 self.statuses[link.room] = Status(link.room, State.OFFLINE, detail=str(failed))
                 self._show_status()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A link worker that raised: say so in its tab and start it again after a pause."""
+        if event.state != WorkerState.ERROR:
+            return
+        room = next((r for r, w in self.link_workers.items() if w is event.worker), None)
+        if room is None:
+            return
+        error = event.worker.error
+        pane, link = self.panes.get(room), self.links.get(room)
+        if pane is not None:
+            what = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
+            pane.chat_log.write(self.formatter.error(f"connection failed ({what}); restarting"))
+        if link is not None:
+            self.statuses[room] = Status(room, State.RECONNECTING, RESTART_DELAY, "client error")
+            self._retry_at[room] = time.monotonic() + RESTART_DELAY
+            self._show_status()
+            self.set_timer(RESTART_DELAY, lambda: self._restart_link(room, link))
+
+    def _restart_link(self, room: str, link: RoomLink) -> None:
+        pane = self.panes.get(room)
+        if self.links.get(room) is link and pane is not None:
+            self.link_workers[room] = self._run_link(link, pane)
 
     def close_pane(self, pane: RoomPane) -> None:
         key = pane.key
@@ -201,7 +235,7 @@ class ChatScreen(Screen[None]):
         kind = event.get("type")
         pane = self.panes.get(message.room)
         if kind == "dm":
-            self._dm(event)
+            self._dm(event, message.request)
         elif kind in ("dm_request", "dm_accepted", "dm_declined"):
             self._dm_consent(event)
         elif pane is None:
@@ -219,7 +253,7 @@ class ChatScreen(Screen[None]):
         elif kind == "history":
             self._history(pane, event)
         elif kind == "error":
-            self._error(pane, event)
+            self._error(pane, event, message.request)
         elif kind in ("topic", "kick", "closed"):
             self._owner_event(pane, event)
         elif kind == "read":
@@ -240,11 +274,6 @@ class ChatScreen(Screen[None]):
             pane.chat_log.write(fmt.system(clock.now(), f"you joined #{pane.key} as {you}"))
             if isinstance(event.get("topic"), str):
                 pane.chat_log.write(fmt.system(clock.now(), f"topic: {event['topic']}"))
-        if self.chat.wanted_name and self.me != self.chat.wanted_name:
-            link = self.links.get(pane.key)
-            if link is not None:
-                link.send({"type": "nick", "name": self.chat.wanted_name})
-            self.chat.wanted_name = None
         self._show_members()
         self._show_status()
 
@@ -364,14 +393,18 @@ class ChatScreen(Screen[None]):
         if self.chat.config.notify and pane is not self.active_pane():
             self.app.notify(one_line(text)[:200], title=title, markup=False)
 
-    def _dm(self, event: Event) -> None:
+    def _dm(self, event: Event, request: Event | None) -> None:
         dm_id = event.get("id")
         if not isinstance(dm_id, str) or dm_id in self.seen_dms:
             return
         self.seen_dms.add(dm_id)
         sender, recipient = str(event.get("from", "?")), str(event.get("to", "?"))
         own = sender == self.me
-        pane = self._add_pane("@" + (recipient if own else sender), activate=False)
+        # A /msg opens its tab once the relay took it: a user that does not exist gets no tab.
+        opened = request is not None and request.get("cid") in self._dm_opens
+        if opened and request is not None:
+            self._dm_opens.discard(str(request.get("cid")))
+        pane = self._add_pane("@" + (recipient if own else sender), activate=opened)
         self._day_line(pane, event)
         if not own:
             self._count_unread(pane, True)
@@ -393,24 +426,17 @@ class ChatScreen(Screen[None]):
             return
         self.seen_dms.add(key)
         pane = self._add_pane("@" + other, activate=False)
-        fmt = self.formatter
+        text = describe(event) or kind
+        moment = self.chat.clock.local(event.get("ts"))
         if kind == "dm_request":
-            text = f"{other} wants to send you private messages: /accept or /decline"
             self._count_unread(pane, True)
             self._alert(f"DM request from {one_line(other)}", text, pane)
+            pane.chat_log.write(self.formatter.system(moment, text), tag=DM_PROMPT_TAG)
         else:
-            verb = "accepted" if kind == "dm_accepted" else "declined"
-            text = f"{other} {verb} your private messages"
-        pane.chat_log.write(fmt.system(self.chat.clock.local(event.get("ts")), text))
+            pane.chat_log.write(self.formatter.system(moment, text))
 
     def _owner_event(self, pane: RoomPane, event: Event) -> None:
-        kind, by = event["type"], str(event.get("by", "?"))
-        if kind == "topic":
-            text = f"{by} set the topic: {event.get('topic', '')}"
-        elif kind == "kick":
-            text = f"{by} kicked {event.get('name', '?')}"
-        else:
-            text = f"{by} closed the room"
+        text = describe(event) or str(event["type"])
         pane.chat_log.write(self.formatter.system(self.chat.clock.local(event.get("ts")), text))
 
     def _presence(self, pane: RoomPane, event: Event) -> None:
@@ -424,7 +450,7 @@ class ChatScreen(Screen[None]):
             pane.members.discard(name)
             what = "left"
         moment = self.chat.clock.local(event.get("ts"))
-        pane.chat_log.write(self.formatter.system(moment, f"{name} {what}"))
+        pane.chat_log.write(self.formatter.system(moment, describe(event) or f"{name} {what}"))
         if pane is self.active_pane():
             self._show_members()
 
@@ -436,7 +462,7 @@ class ChatScreen(Screen[None]):
         pane.receipts.renamed(old, new)
         pane.show_seen(pane.receipts.seen_by())
         moment = self.chat.clock.local(event.get("ts"))
-        pane.chat_log.write(self.formatter.system(moment, f"{old} is now known as {new}"))
+        pane.chat_log.write(self.formatter.system(moment, describe(event) or new))
         dm = self.panes.get("@" + old)
         if dm is not None and "@" + new not in self.panes:
             del self.panes[dm.key]
@@ -449,7 +475,7 @@ class ChatScreen(Screen[None]):
     def _members(self, pane: RoomPane, event: Event) -> None:
         names = [m for m in event.get("members", []) if isinstance(m, str)]
         pane.members = set(names)
-        pane.chat_log.write(self.formatter.info(f"members of #{pane.key}: {', '.join(names)}"))
+        pane.chat_log.write(self.formatter.info(describe(event) or ", ".join(names)))
         self._show_members()
 
     def _history(self, pane: RoomPane, event: Event) -> None:
@@ -476,40 +502,49 @@ class ChatScreen(Screen[None]):
             pane.history_done = True
             pane.chat_log.prepend([fmt.info("── beginning of history ──")])
 
-    def _error(self, pane: RoomPane, event: Event) -> None:
-        code, detail = str(event.get("code", "error")), str(event.get("detail", ""))
-        request = event.get("request")
+    def _error(self, pane: RoomPane, event: Event, request: Event | None) -> None:
+        """Shown where the user is looking, naming the request it refused (matched by cid)."""
+        if request is not None:
+            self._dm_opens.discard(str(request.get("cid")))
         target = self.active_pane() or pane
-        if isinstance(request, dict):
-            detail += f" (not sent: {request.get('text', '')})"
-        target.chat_log.write(self.formatter.error(f"{code}: {detail}"))
+        target.chat_log.write(self.formatter.error(describe(event, request) or "error"))
 
     # -- status ---------------------------------------------------------------------------------
 
     def on_link_changed(self, message: LinkChanged) -> None:
+        """The status line follows every attempt; a room's log gets one line per outage."""
         status = message.status
-        if status.room in self.links:
-            self.statuses[status.room] = status
-            self._retry_at[status.room] = time.monotonic() + status.retry_in
-            self._show_status()
-            if status.state == State.CONNECTED and status.room in self.panes:
-                self._report_read(self.panes[status.room])
-            if status.state == State.RECONNECTING and status.room in self.panes:
-                pane = self.panes[status.room]
-                if pane.chat_log.entry_count and status.detail:
-                    pane.chat_log.write(self.formatter.info(f"disconnected: {status.detail}"))
+        if status.room not in self.links:
+            return
+        self.statuses[status.room] = status
+        self._retry_at[status.room] = time.monotonic() + status.retry_in
+        self._show_status()
+        pane = self.panes.get(status.room)
+        if status.state == State.CONNECTED:
+            self._down.discard(status.room)
+            if pane is not None:
+                self._report_read(pane)
+        elif status.state == State.RECONNECTING and status.room not in self._down:
+            self._down.add(status.room)
+            if pane is not None:
+                where = f"{status.url}: {status.detail}" if status.detail else status.url
+                pane.chat_log.write(self.formatter.info(f"cannot reach {where}; retrying"))
 
-    def _overall(self) -> tuple[State, float]:
+    def _overall(self) -> tuple[State, float, str]:
+        """The most pressing state, the seconds to its next try and what failed, where."""
         if not self.statuses:
-            return (State.OFFLINE if not self.links else State.CONNECTING), 0.0
+            return (State.OFFLINE if not self.links else State.CONNECTING), 0.0, ""
         worst = max(self.statuses.values(), key=lambda s: _STATE_RANK[s.state])
         retry_at = self._retry_at.get(worst.room, 0.0)
-        return worst.state, max(0.0, retry_at - time.monotonic())
+        problem = ""
+        if worst.state != State.CONNECTED and worst.detail:
+            problem = f"{worst.detail} ({worst.url})" if worst.url else worst.detail
+        return worst.state, max(0.0, retry_at - time.monotonic()), problem
 
     def _show_status(self) -> None:
-        state, retry_in = self._overall()
+        state, retry_in, problem = self._overall()
         bar = self.query_one(StatusBar)
-        bar.show(state.value, self.me, retry_in)
+        bar.show(state.value, self.me, retry_in, problem)
 
     def _tick_status(self) -> None:
         if self._overall()[0] == State.RECONNECTING:
@@ -594,30 +629,12 @@ class ChatScreen(Screen[None]):
             if pane is None:
                 raise CommandError("no tab to close")
             self.close_pane(pane)
-        elif name == "nick":
-            problem = name_error(arg)
-            if problem:
-                raise CommandError(problem)
-            link = self._link_for(pane)
-            if link is None:
-                raise CommandError("not connected to any room")
-            if arg == self.me:
-                raise CommandError(f"you are already {arg}")
-            link.send({"type": "nick", "name": arg})
-        elif name == "msg":
-            who, text = command.split()
-            dm = self._add_pane("@" + who, activate=True)
-            self.say(dm, text)
-        elif name in ("accept", "decline"):
-            who = arg or (pane.peer if pane is not None and pane.is_dm else "")
-            link = self._link_for(pane)
-            if not who or link is None:
-                raise CommandError(f"usage: /{name} NAME (or use it in the DM tab)")
-            link.send({"type": f"dm_{name}", "from": who})
-        elif name == "topic":
-            self._room_link(pane, name).send({"type": "topic", "text": arg})
-        elif name == "who":
-            self._room_link(pane, name).send({"type": "who"})
+        elif name in ("nick", "msg", "accept", "decline"):
+            self._user_request(command, pane)
+        elif name in ("topic", "who", "kick", "close"):
+            request = command.request()
+            if request is not None:
+                self._room_link(pane, name).send(request)
         elif name == "rooms":
             self._list_rooms(pane)
         elif name == "clear":
@@ -626,9 +643,54 @@ class ChatScreen(Screen[None]):
         elif name == "help":
             self.app.push_screen(HelpScreen())
         elif name == "quit":
-            self.app.exit()
+            self.confirm_quit()
         else:
             self._local(pane, fmt.error(f"/{name} is not available here"))
+
+    def _user_request(self, command: Command, pane: RoomPane | None) -> None:
+        """Requests about users rather than a room, carried by any connected link."""
+        peer = pane.peer if pane is not None and pane.is_dm else None
+        request = command.request(peer=peer, me=self.me)
+        link = self._link_for(pane)
+        if request is None:
+            return
+        if link is None:
+            raise CommandError("not connected to any room")
+        if command.name == "msg":
+            limit = link.max_message_bytes
+            if limit is not None and len(str(request["text"]).encode()) > limit:
+                raise CommandError(f"message is longer than {limit} bytes")
+            existing = self.panes.get("@" + str(request["to"]))
+            if existing is not None:
+                self._activate(existing)
+            cid = link.send(request)
+            if existing is None:
+                self._dm_opens.add(cid)
+            if not link.connected:
+                self._local(existing or pane, self.formatter.info("queued until reconnected"))
+            return
+        link.send(request)
+        if command.name in ("accept", "decline"):
+            dm = self.panes.get("@" + str(request["from"]))
+            if dm is not None:
+                dm.chat_log.remove_tag(DM_PROMPT_TAG)
+                verb = "accepted" if command.name == "accept" else "declined"
+                dm.chat_log.write(self.formatter.info(f"you {verb} {request['from']}'s request"))
+
+    def confirm_quit(self) -> None:
+        """Lines not yet taken by the relay are lost on quit: ask first, saying how many."""
+        unsent = sum(link.unsent for link in self.links.values())
+        if not unsent:
+            self.app.exit()
+            return
+        noun = "line is" if unsent == 1 else "lines are"
+        question = Text(f"{unsent} {noun} not sent yet and will be lost.\n\nQuit anyway?")
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.app.exit()
+
+        self.app.push_screen(ConfirmScreen(question), answered)
 
     @work(group="http", exit_on_error=False)
     async def _list_rooms(self, pane: RoomPane | None) -> None:

@@ -9,7 +9,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from tui.commands import help_lines
+from tui.client.commands import help_lines
 
 KEYS = [
     ("Enter", "send the line"),
