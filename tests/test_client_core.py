@@ -198,14 +198,21 @@ def test_success_events_answer_the_request_they_belong_to():
     assert link.idle
 
 
-def test_silent_requests_do_not_hold_idle_and_nick_to_own_name_waits_for_nothing():
-    link, _ = make_link()
+def test_silent_requests_are_followed_by_a_barrier_whose_answer_is_not_shown():
+    """A request that succeeds silently is followed by a `who`: once it is answered, any
+    error for the silent one has arrived, so `--plain` cannot exit before reporting it."""
+    link, seen = make_link()
     connect(link, welcome("e1", 0))
-    link.send({"type": "dm_decline", "from": "x"})
+    decline = link.send({"type": "dm_decline", "from": "x"})
     link.send({"type": "nick", "name": "me"})
     link.mark_read(3)
-    assert [r["type"] for r in link.outgoing()] == ["dm_decline", "nick", "read"]
-    assert link.idle
+    sent = link.outgoing()
+    assert [r["type"] for r in sent] == ["dm_decline", "nick", "who", "read"]
+    assert not link.idle
+    link.receive({"type": "error", "code": "bad_request", "detail": "no", "cid": decline})
+    assert seen.events[-1][1] is not None and seen.events[-1][1]["cid"] == decline
+    link.receive({"type": "members", "members": ["me"], "cid": sent[2]["cid"]})
+    assert seen.kinds() == ["welcome", "error"] and link.idle
 
 
 def test_requests_in_flight_are_forgotten_with_their_socket():

@@ -173,6 +173,7 @@ class RoomLink:
         self._queued: deque[Event] = deque()
         self._in_flight: dict[str, Event] = {}
         self._silent: dict[str, Event] = {}
+        self._barriers: set[str] = set()
         self._read: int | None = None
         self._wake = asyncio.Event()
         self._seen: set[str] = set()
@@ -245,6 +246,7 @@ class RoomLink:
         self._live_since = None
         self._replay_left = 0
         self._in_flight.clear()
+        self._barriers.clear()
         queued = {id(request) for request in self._queued}
         resend = [request for request in self._outbox.values() if id(request) not in queued]
         self._queued.extendleft(reversed(resend))
@@ -276,7 +278,11 @@ class RoomLink:
         elif kind == "error":
             self.sink(event, self._refused(event))
         elif kind in _ANSWER_TO:
-            self.sink(event, self._answered(event))
+            request = self._answered(event)
+            if request is None or request["cid"] not in self._barriers:
+                self.sink(event, request)
+            else:
+                self._barriers.discard(str(request["cid"]))
         else:
             self.sink(event, None)
 
@@ -285,6 +291,7 @@ class RoomLink:
         if not self._ready:
             return []
         frames: list[Event] = []
+        silent_last = False
         while self._queued:
             request = self._queued.popleft()
             cid = str(request["cid"])
@@ -298,11 +305,27 @@ class RoomLink:
                 self._silent[cid] = request
                 while len(self._silent) > SILENT_KEEP:
                     del self._silent[next(iter(self._silent))]
+            silent_last = cid in self._silent
             frames.append(request)
+        if silent_last:
+            frames.append(self._barrier())
         if self._read is not None:
             frames.append({"type": "read", "seq": self._read})
             self._read = None
         return frames
+
+    def _barrier(self) -> Event:
+        """A request that is always answered, sent after one that succeeds silently.
+
+        The relay answers a connection's requests in order, so once the barrier is answered an
+        error for the silent request would have arrived: until then the link is not idle, and
+        `--plain` does not exit before it could report the refusal. Its answer is not shown.
+        """
+        cid = secrets.token_hex(8)
+        request: Event = {"type": "who", "cid": cid}
+        self._in_flight[cid] = request
+        self._barriers.add(cid)
+        return request
 
     def _welcome(self, event: Event) -> None:
         epoch = event.get("epoch")
