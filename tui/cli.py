@@ -15,6 +15,7 @@ from typing import NoReturn
 from shared.protocol import room_error
 from shared.sanitize import one_line
 from tui.client.link import Identity
+from tui.client.server import ServerError, server_url
 from tui.config import Config, ConfigError, state_dir
 from tui.http_api import ApiError, list_rooms, post_message
 from tui.plain import EXIT_FAILED, EXIT_OK, PlainOptions, PlainSession
@@ -27,7 +28,11 @@ def _common() -> argparse.ArgumentParser:
     """Options taken before or after the subcommand (SUPPRESS: one never hides the other)."""
     common = argparse.ArgumentParser(add_help=False)
     add = common.add_argument
-    add("--server", default=argparse.SUPPRESS, help="relay URL, e.g. ws://127.0.0.1:8000")
+    add(
+        "--server",
+        default=argparse.SUPPRESS,
+        help="relay address: ws://, wss://, http://, https:// URL or host:port",
+    )
     add("--config", type=Path, default=argparse.SUPPRESS, help="config file (TOML)")
     add("--plain", action="store_true", default=argparse.SUPPRESS, help="headless line mode")
     return common
@@ -64,6 +69,10 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"config: {error}", EXIT_USAGE)
     if getattr(args, "server", None):
         config.server = args.server
+    try:
+        config.server = server_url(config.server)
+    except ServerError as error:
+        _fail(f"server address {error}", EXIT_USAGE)
     if args.command == "rooms":
         sys.exit(asyncio.run(_rooms(config)))
     if args.command == "send":

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from shared.xdg import config_home, state_home
+from tui.client.server import http_base
 
 APP_DIR = "chat-tui"
 DEFAULT_SERVER = "ws://127.0.0.1:8000"
@@ -65,8 +66,4 @@ class Config:
 
     @property
     def http_base(self) -> str:
-        """The relay's HTTP API lives on the same host and port as its WebSocket endpoint."""
-        server = self.server.rstrip("/")
-        if server.startswith("wss://"):
-            return "https://" + server.removeprefix("wss://")
-        return "http://" + server.removeprefix("ws://")
+        return http_base(self.server)

@@ -261,6 +261,11 @@ class RoomLink:
         return stable
 
     def receive(self, event: Event) -> None:
+        self._receive(event)
+        if self.on_idle is not None and self.idle:
+            self.on_idle()
+
+    def _receive(self, event: Event) -> None:
         kind = event.get("type")
         if kind == "welcome":
             self._welcome(event)
