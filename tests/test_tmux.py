@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.relayproc import RelayProcess
-from tests.tmux import Terminals
+from tests.tmux import ESC, F1, Terminals
 
 
 def server(relay: RelayProcess) -> str:
@@ -22,3 +22,45 @@ def test_a_message_typed_in_one_terminal_appears_in_the_other(
     bob.wait_for("alice hello from alice")
     bob.line("hi alice")
     alice.wait_for("bob hi alice")
+
+
+def test_alt_digits_and_ctrl_keys_switch_tabs_without_typing(
+    relay: RelayProcess, terminals: Terminals, room: str
+) -> None:
+    """The bytes a terminal sends: ESC+digit for Alt+digit, ESC+a for Alt+A, 0x0e for Ctrl+N."""
+    rooms = [f"{room}a", f"{room}b", f"{room}c"]
+    alice = terminals.chat_tui("--server", server(relay), "connect", *rooms, "--name", "alice")
+    alice.wait_for(f"you joined #{rooms[0]}")
+    alice.wait_for("● connected")
+    alice.raw(ESC + "2")
+    alice.wait_for(f"you joined #{rooms[1]}")
+    alice.keys("M-3")
+    alice.wait_for(f"you joined #{rooms[2]}")
+    alice.raw("\x0e")  # Ctrl+N wraps around to the first tab
+    alice.wait_for(f"you joined #{rooms[0]}")
+    alice.keys("C-p")
+    alice.wait_for(f"you joined #{rooms[2]}")
+    alice.raw(ESC + "1")
+    alice.wait_for(f"you joined #{rooms[0]}")
+    bob = terminals.chat_tui("--server", server(relay), "connect", rooms[1], "--name", "bob")
+    bob.wait_for("alice")
+    bob.line("alice: look here")
+    alice.wait_for(f"#{rooms[1]} 1 @")
+    alice.raw(ESC + "a")
+    alice.wait_for("bob alice: look here")
+    alice.raw("\x07")  # Ctrl+G: no other mention, stays
+    alice.line("after the keys")
+    screen = bob.wait_for("alice after the keys")
+    assert "¡" not in screen and "™" not in screen
+    assert "aafter" not in screen and "aalice" not in screen
+
+
+def test_f1_shows_the_help_text(relay: RelayProcess, terminals: Terminals, room: str) -> None:
+    alice = terminals.chat_tui("--server", server(relay), "connect", room)
+    alice.wait_for("● connected")
+    alice.raw(F1)
+    alice.wait_for("Ctrl+Q")
+    alice.keys("Escape")
+    alice.wait_gone("Ctrl+Q")
+    alice.line("/help")
+    alice.wait_for("next tab with an unread mention")
