@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
@@ -36,5 +36,5 @@ class HelpScreen(ModalScreen[None]):
         for line in help_lines():
             text.append(f"  {line}\n")
         text.append("\n  //text sends a message that starts with '/'.  Esc closes.", style="dim")
-        with Vertical(id="help"):
-            yield Static(text)
+        with VerticalScroll(id="help"):
+            yield Static(text, id="help-text")
