@@ -64,3 +64,20 @@ def test_f1_shows_the_help_text(relay: RelayProcess, terminals: Terminals, room:
     alice.wait_gone("Ctrl+Q")
     alice.line("/help")
     alice.wait_for("next tab with an unread mention")
+
+
+def test_double_click_and_ctrl_c_copy_from_the_log(
+    relay: RelayProcess, terminals: Terminals, room: str
+) -> None:
+    alice = terminals.chat_tui("--server", server(relay), "connect", room, "--name", "alice")
+    alice.wait_for("● connected")
+    alice.line("copy this wombat")
+    screen = alice.wait_for("alice copy this wombat").splitlines()
+    row = next(i for i, line in enumerate(screen) if "copy this wombat" in line)
+    alice.click(10, row, times=2)
+    alice.keys("C-c")
+    alice.wait(lambda _: "copy this wombat" in alice.clipboard(), what="the copied log")
+    alice.click(10, next(i for i, line in enumerate(alice.lines()) if "Message, or" in line))
+    alice.line("still here")
+    alice.wait_for("alice still here")
+    assert not alice.exited()

@@ -73,10 +73,12 @@ class Terminal:
         # of the client that started it, and `env` makes that independent of tmux's rules.
         shell = shlex.join(["env", *(f"{k}={v}" for k, v in variables.items()), *command])
         # One tmux command line: the options hold before the client starts. No status line (the
-        # pane is the whole terminal); a client that crashed stays on screen with its traceback.
+        # pane is the whole terminal); a client that crashed stays on screen with its traceback;
+        # what the client copies (OSC 52) lands in a tmux buffer that `clipboard()` reads.
         self._tmux(
             "-f", "/dev/null", "start-server", ";",
             "set-option", "-g", "status", "off", ";",
+            "set-option", "-s", "set-clipboard", "on", ";",
             "set-option", "-g", "remain-on-exit", "on", ";",
             "set-option", "-g", "default-terminal", "tmux-256color", ";",
             "new-session", "-d", "-s", "t", "-x", str(width), "-y", str(height), shell,
@@ -110,6 +112,11 @@ class Terminal:
         octets = data.encode() if isinstance(data, str) else data
         self._tmux("send-keys", "-t", "t", "-H", *(f"{b:02x}" for b in octets))
 
+    def click(self, x: int, y: int, times: int = 1) -> None:
+        """Left clicks at column `x`, row `y` (0-based), as SGR mouse reports (mode 1006)."""
+        for _ in range(times):
+            self.raw(f"{ESC}[<0;{x + 1};{y + 1}M{ESC}[<0;{x + 1};{y + 1}m")
+
     def line(self, text: str) -> None:
         self.type(text)
         self.keys("Enter")
@@ -124,6 +131,13 @@ class Terminal:
 
     def lines(self) -> list[str]:
         return self.screen().splitlines()
+
+    def clipboard(self) -> str:
+        """What the client last copied to the terminal's clipboard; empty when nothing."""
+        try:
+            return self._tmux("show-buffer")
+        except RuntimeError:
+            return ""
 
     def exited(self) -> bool:
         return self._tmux("display-message", "-p", "-t", "t", "#{pane_dead}").strip() == "1"
