@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import httpx
+
 from tests.relayproc import RelayProcess
 from tests.tmux import ESC, F1, Terminals
 
@@ -81,3 +83,27 @@ def test_double_click_and_ctrl_c_copy_from_the_log(
     alice.line("still here")
     alice.wait_for("alice still here")
     assert not alice.exited()
+
+
+def post(relay: RelayProcess, room: str, sender: str, texts: list[str]) -> None:
+    with httpx.Client() as http:
+        for text in texts:
+            url = f"{relay.http}/rooms/{room}/messages"
+            http.post(url, json={"from": sender, "text": text}).raise_for_status()
+
+
+def test_joins_and_pastes_end_at_the_newest_line(
+    relay: RelayProcess, terminals: Terminals, room: str
+) -> None:
+    """The view followed the end only about half the time once a join's backlog overflowed it."""
+    post(relay, room, "bob", [f"backlog {i}" for i in range(1, 41)])
+    joins = [terminals.chat_tui("--server", server(relay), "connect", room) for _ in range(4)]
+    for terminal in joins:
+        terminal.wait_for("bob backlog 40")
+        terminal.close()
+    alice = terminals.chat_tui("--server", server(relay), "connect", room, "--name", "alice")
+    alice.wait_for("is now known as alice")
+    alice.raw(ESC + "[200~first pasted\rsecond pasted\rthird pasted" + ESC + "[201~")
+    alice.wait_for("Send (y)")
+    alice.type("y")
+    alice.wait_for("alice third pasted")

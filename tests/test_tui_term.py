@@ -9,8 +9,17 @@ from tui.widgets.chat_log import ChatLog
 
 
 class LogApp(App[None]):
+    def __init__(self, early: int = 0) -> None:
+        super().__init__()
+        self.early = early
+
     def compose(self) -> ComposeResult:
         yield ChatLog(100, id="log")
+
+    def on_mount(self) -> None:
+        """Lines written before the log's first layout, as a join's backlog is."""
+        for i in range(self.early):
+            self.query_one(ChatLog).write(Text(f"backlog {i}"))
 
 
 async def test_double_click_and_ctrl_c_copy_a_word_from_the_log():
@@ -32,3 +41,40 @@ async def test_double_click_and_ctrl_c_copy_a_word_from_the_log():
         await pilot.press("ctrl+c")
         await pilot.pause()
         assert app.clipboard == "wombat"
+
+
+def shows_the_end(log: ChatLog) -> bool:
+    return log.max_scroll_y > 0 and log.scroll_y == log.max_scroll_y
+
+
+async def test_the_log_shows_its_newest_line_after_a_burst_on_mount():
+    """A join's backlog arrives before the first layout; the view must end at the newest line."""
+    app = LogApp(early=40)
+    async with app.run_test(size=(60, 10)) as pilot:
+        log = app.query_one(ChatLog)
+        await pilot.pause()
+        assert shows_the_end(log)
+        assert log.at_bottom
+
+
+async def test_the_log_shows_its_newest_line_when_it_first_overflows():
+    app = LogApp()
+    async with app.run_test(size=(60, 10)) as pilot:
+        log = app.query_one(ChatLog)
+        log.write(Text("first"))
+        await pilot.pause()
+        for i in range(12):
+            log.write(Text(f"pasted {i}"))
+        await pilot.pause()
+        assert shows_the_end(log)
+
+
+async def test_a_history_page_keeps_the_newest_line_in_view_of_a_short_log():
+    app = LogApp()
+    async with app.run_test(size=(60, 10)) as pilot:
+        log = app.query_one(ChatLog)
+        log.write(Text("newest"))
+        await pilot.pause()
+        log.prepend([Text(f"older {i}") for i in range(30)])
+        await pilot.pause()
+        assert shows_the_end(log)

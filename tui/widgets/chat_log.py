@@ -105,7 +105,10 @@ class ChatLog(ScrollView, can_focus=True):
         before = len(self._strips) - self._offset
         self._rebuild()
         self.scroll_to(
-            y=self.scroll_y + (len(self._strips) - before), animate=False, immediate=True
+            y=self.scroll_y + (len(self._strips) - before),
+            animate=False,
+            immediate=True,
+            force=True,
         )
         return len(added)
 
@@ -150,8 +153,8 @@ class ChatLog(ScrollView, can_focus=True):
         if width != self._width and width > 0:
             self._width = width
             self._rebuild()
-            if self._following:
-                self._follow()
+        if self._following:
+            self._follow()
 
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
@@ -198,7 +201,7 @@ class ChatLog(ScrollView, can_focus=True):
     def _to_end(self) -> None:
         self._end_pending = False
         if self._following:
-            self.scroll_end(animate=False, immediate=True, x_axis=False)
+            self.scroll_end(animate=False, immediate=True, x_axis=False, force=True)
 
     @property
     def at_bottom(self) -> bool:
