@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import cast
+
+from textual._ansi_sequences import ANSI_SEQUENCES_KEYS
 from textual.app import App
 from textual.binding import Binding
 
@@ -11,6 +14,20 @@ from tui.config import Config, state_dir
 from tui.screens.chat import ChatScreen
 from tui.screens.help import HelpScreen
 from tui.state import InputHistory, TokenStore
+
+
+def let_alt_digits_through() -> None:
+    """Make ESC+digit arrive as Alt+digit, which is what terminals mean by it.
+
+    tmux, screen, GNOME Terminal, xterm with metaSendsEscape and macOS terminals with Option as
+    Meta send ESC+digit for Alt+digit. Textual 8 turns those bytes into the characters macOS
+    types for Option+digit (`¡`, `™`, `£`...), a WezTerm accommodation that leaves Alt+1..9
+    unbindable everywhere else and types stray symbols instead. Typing `¡` itself (its own
+    UTF-8 bytes) is unaffected.
+    """
+    table = cast("dict[str, object]", ANSI_SEQUENCES_KEYS)
+    for digit in "0123456789":
+        table.pop(f"\x1b{digit}", None)
 
 
 class ChatApp(App[None]):
@@ -34,6 +51,7 @@ class ChatApp(App[None]):
     ) -> None:
         """`remember=False` keeps token and input history in memory only (tests, guests)."""
         super().__init__()
+        let_alt_digits_through()
         self.config = config
         self.rooms = rooms
         self.wanted_name = name

@@ -53,11 +53,16 @@ class ChatScreen(Screen[None]):
     BINDINGS = [  # noqa: RUF012
         Binding("ctrl+n", "cycle_tab(1)", "Next tab", id="next_tab"),
         Binding("ctrl+p", "cycle_tab(-1)", "Prev tab", id="prev_tab"),
-        Binding("alt+a", "next_mention", "Next mention", id="next_mention"),
+        # Ctrl+G arrives intact in every terminal; Alt needs one that sends ESC for Alt (tmux,
+        # screen, GNOME, xterm with metaSendsEscape, macOS with Option as Meta). Alt keys are
+        # priority: otherwise the input takes Alt+A's character and types an `a`.
+        Binding("ctrl+g,alt+a", "next_mention", "Next mention", id="next_mention", priority=True),
         Binding("pageup", "page(-1)", "Older", show=False, id="page_up"),
         Binding("pagedown", "page(1)", "Newer", show=False, id="page_down"),
         *[
-            Binding(f"alt+{n}", f"goto_tab({n})", f"Tab {n}", show=False, id=f"tab_{n}")
+            Binding(
+                f"alt+{n}", f"goto_tab({n})", f"Tab {n}", show=False, id=f"tab_{n}", priority=True
+            )
             for n in range(1, 10)
         ],
     ]

@@ -1,0 +1,109 @@
+"""End-to-end: the real `chat-tui` binary in tmux against a real relay (tests/tmux.py)."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.relayproc import RelayProcess
+from tests.tmux import ESC, F1, Terminals
+
+
+def server(relay: RelayProcess) -> str:
+    return f"ws://127.0.0.1:{relay.port}"
+
+
+def test_a_message_typed_in_one_terminal_appears_in_the_other(
+    relay: RelayProcess, terminals: Terminals, room: str
+) -> None:
+    alice = terminals.chat_tui("--server", server(relay), "connect", room, "--name", "alice")
+    bob = terminals.chat_tui("--server", server(relay), "connect", room, "--name", "bob")
+    alice.wait_for("● connected")
+    bob.wait_for("● connected")
+    alice.wait_for("bob")
+    alice.line("hello from alice")
+    bob.wait_for("alice hello from alice")
+    bob.line("hi alice")
+    alice.wait_for("bob hi alice")
+
+
+def test_alt_digits_and_ctrl_keys_switch_tabs_without_typing(
+    relay: RelayProcess, terminals: Terminals, room: str
+) -> None:
+    """The bytes a terminal sends: ESC+digit for Alt+digit, ESC+a for Alt+A, 0x0e for Ctrl+N."""
+    rooms = [f"{room}a", f"{room}b", f"{room}c"]
+    alice = terminals.chat_tui("--server", server(relay), "connect", *rooms, "--name", "alice")
+    alice.wait_for(f"you joined #{rooms[0]}")
+    alice.wait_for("● connected")
+    alice.raw(ESC + "2")
+    alice.wait_for(f"you joined #{rooms[1]}")
+    alice.keys("M-3")
+    alice.wait_for(f"you joined #{rooms[2]}")
+    alice.raw("\x0e")  # Ctrl+N wraps around to the first tab
+    alice.wait_for(f"you joined #{rooms[0]}")
+    alice.keys("C-p")
+    alice.wait_for(f"you joined #{rooms[2]}")
+    alice.raw(ESC + "1")
+    alice.wait_for(f"you joined #{rooms[0]}")
+    bob = terminals.chat_tui("--server", server(relay), "connect", rooms[1], "--name", "bob")
+    bob.wait_for("alice")
+    bob.line("alice: look here")
+    alice.wait_for(f"#{rooms[1]} 1 @")
+    alice.raw(ESC + "a")
+    alice.wait_for("bob alice: look here")
+    alice.raw("\x07")  # Ctrl+G: no other mention, stays
+    alice.line("after the keys")
+    screen = bob.wait_for("alice after the keys")
+    assert "¡" not in screen and "™" not in screen
+    assert "aafter" not in screen and "aalice" not in screen
+
+
+def test_f1_shows_the_help_text(relay: RelayProcess, terminals: Terminals, room: str) -> None:
+    alice = terminals.chat_tui("--server", server(relay), "connect", room)
+    alice.wait_for("● connected")
+    alice.raw(F1)
+    alice.wait_for("Ctrl+Q")
+    alice.keys("Escape")
+    alice.wait_gone("Ctrl+Q")
+    alice.line("/help")
+    alice.wait_for("next tab with an unread mention")
+
+
+def test_double_click_and_ctrl_c_copy_from_the_log(
+    relay: RelayProcess, terminals: Terminals, room: str
+) -> None:
+    alice = terminals.chat_tui("--server", server(relay), "connect", room, "--name", "alice")
+    alice.wait_for("● connected")
+    alice.line("copy this wombat")
+    screen = alice.wait_for("alice copy this wombat").splitlines()
+    row = next(i for i, line in enumerate(screen) if "copy this wombat" in line)
+    alice.click(10, row, times=2)
+    alice.keys("C-c")
+    alice.wait(lambda _: "copy this wombat" in alice.clipboard(), what="the copied log")
+    alice.click(10, next(i for i, line in enumerate(alice.lines()) if "Message, or" in line))
+    alice.line("still here")
+    alice.wait_for("alice still here")
+    assert not alice.exited()
+
+
+def post(relay: RelayProcess, room: str, sender: str, texts: list[str]) -> None:
+    with httpx.Client() as http:
+        for text in texts:
+            url = f"{relay.http}/rooms/{room}/messages"
+            http.post(url, json={"from": sender, "text": text}).raise_for_status()
+
+
+def test_joins_and_pastes_end_at_the_newest_line(
+    relay: RelayProcess, terminals: Terminals, room: str
+) -> None:
+    """The view followed the end only about half the time once a join's backlog overflowed it."""
+    post(relay, room, "bob", [f"backlog {i}" for i in range(1, 41)])
+    joins = [terminals.chat_tui("--server", server(relay), "connect", room) for _ in range(4)]
+    for terminal in joins:
+        terminal.wait_for("bob backlog 40")
+        terminal.close()
+    alice = terminals.chat_tui("--server", server(relay), "connect", room, "--name", "alice")
+    alice.wait_for("is now known as alice")
+    alice.raw(ESC + "[200~first pasted\rsecond pasted\rthird pasted" + ESC + "[201~")
+    alice.wait_for("Send (y)")
+    alice.type("y")
+    alice.wait_for("alice third pasted")
