@@ -16,6 +16,7 @@ from shared.protocol import Event
 from tui.client.commands import CommandError, parse
 from tui.client.events import describe
 from tui.client.link import Backoff, Identity, RoomLink, State, Status
+from tui.client.room import RoomState
 
 
 class Recorder:
@@ -276,9 +277,62 @@ def test_events_read_the_same_in_every_front_end():
     assert describe({"type": "message"}) is None
 
 
+def test_room_state_first_join_resume_and_new_epoch():
+    room = RoomState("lobby")
+    first = room.apply(welcome("e1", 3, replay=0, members=["me", "bob"], read=2), "me")
+    assert first.joined and not first.gap and room.members == {"me", "bob"}
+    assert room.apply(message(3, "c", replay=True), "me").count, "past the marker: unread"
+    assert not room.apply(message(2, "b", replay=True), "me").count, "read already"
+    assert room.oldest_seq == 2
+    resumed = room.apply(welcome("e1", 3, recovered=True, members=["me"], read=3), "me")
+    assert not (resumed.joined or resumed.gap or resumed.seen)
+    room.receipts.read_by("bob", 3)
+    crashed = room.apply(welcome("e2", 3, recovered=False, members=["me"], read=0), "me")
+    assert crashed.gap and crashed.seen and not crashed.joined
+    assert (room.oldest_seq, room.history_done, room.receipts.readers) == (None, False, {})
+
+
+def test_room_state_messages_presence_and_reads():
+    room = RoomState("lobby")
+    room.apply(welcome("e1", 0, members=["me"]), "me")
+    own = room.apply(message(1, "a", **{"from": "me"}), "me")
+    assert own.own and own.seen and not own.count
+    mention = room.apply(message(2, "b", text="hey ME!"), "me")
+    assert mention.mention and mention.live and mention.count
+    assert room.count_unread(True, 2) and not room.count_unread(False, 3)
+    assert (room.unread, room.mentioned) == (2, True)
+    assert room.apply({"type": "read", "name": "me", "seq": 2}, "me").unread
+    assert (room.unread, room.mentioned) == (1, False)
+    assert room.apply({"type": "read", "name": "bob", "seq": 1}, "me").seen
+    assert room.receipts.seen_by() == ["bob"]
+    assert not room.apply({"type": "join", "name": "me"}, "me").show, "own second device"
+    assert room.apply({"type": "join", "name": "ann"}, "me").members
+    room.apply({"type": "nick", "old": "bob", "new": "robert"}, "me")
+    assert room.receipts.seen_by() == ["robert"]
+    room.apply({"type": "leave", "name": "ann"}, "me")
+    assert room.members == {"me"}
+    room.looked_at()
+    assert (room.unread, room.mentioned, room.receipts.unread) == (0, False, [])
+
+
+def test_room_state_history_pages_until_the_beginning():
+    room = RoomState("lobby")
+    room.apply(message(5, "e"), "me")
+    page = {"type": "history", "messages": [message(n, str(n)) for n in (2, 3, 4, 5)]}
+    assert room.history_request(100) == {"type": "history", "before": 5, "limit": 100}
+    older = room.older(page)
+    assert [m["seq"] for m in older] == [2, 3, 4]
+    assert not room.paged(older, added=2), "a full log kept only the newest two"
+    assert room.oldest_seq == 3
+    older = room.older({"type": "history", "messages": [message(1, "1"), message(2, "2")]})
+    assert room.paged(older, added=2) and room.history_done
+    assert room.history_request(100) is None
+
+
 def test_client_core_and_plain_import_no_textual():
     code = (
-        "import sys, tui.client.link, tui.client.commands, tui.client.events, tui.plain;"
+        "import sys, tui.client.link, tui.client.commands, tui.client.events, tui.client.room,"
+        " tui.client.server, tui.plain;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'textual'))"
     )
     result = subprocess.run(

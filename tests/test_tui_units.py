@@ -15,9 +15,10 @@ from websockets.typing import Subprotocol
 from shared.protocol import SUBPROTOCOL
 from tui.client.commands import CommandError, parse
 from tui.client.link import Backoff, Identity, RoomLink
+from tui.client.room import mentions
 from tui.completion import Completer
 from tui.config import Config, ConfigError
-from tui.lines import LineFormatter, mentions, name_color
+from tui.lines import LineFormatter, name_color
 from tui.state import InputHistory, TokenStore
 from tui.widgets.chat_log import ChatLog
 

@@ -6,7 +6,6 @@ into a `Text`, so neither terminal escapes nor `[markup]` in a message can take 
 
 from __future__ import annotations
 
-import re
 import zlib
 from datetime import date, datetime
 
@@ -29,13 +28,6 @@ def name_color(name: str, dark: bool) -> str:
     """A stable colour per name: crc32, unlike hash(), is the same in every process."""
     palette = DARK_PALETTE if dark else LIGHT_PALETTE
     return palette[zlib.crc32(name.casefold().encode()) % len(palette)]
-
-
-def mentions(text: str, name: str | None) -> bool:
-    if not name:
-        return False
-    pattern = rf"(?<![\w.-]){re.escape(name)}(?![\w-])"
-    return re.search(pattern, text, re.IGNORECASE) is not None
 
 
 class LineFormatter:

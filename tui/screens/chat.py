@@ -25,8 +25,9 @@ from shared.sanitize import one_line
 from tui.client.commands import COMMANDS, Command, CommandError, is_command, literal, parse
 from tui.client.events import describe
 from tui.client.link import Backoff, LinkFailed, RoomLink, State, Status
+from tui.client.room import Effects, mentions
 from tui.http_api import ApiError, list_rooms
-from tui.lines import LineFormatter, mentions
+from tui.lines import LineFormatter
 from tui.messages import LinkChanged, RoomEvent
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.help import HelpScreen
@@ -213,21 +214,19 @@ class ChatScreen(Screen[None]):
         elif pane.is_dm:
             members.show([name for name in (self.me, pane.peer) if name], self.me, dark, "Direct")
         else:
-            members.show(sorted(pane.members), self.me, dark)
+            members.show(sorted(pane.state.members), self.me, dark)
 
     def _completion_names(self) -> list[str]:
         pane = self.active_pane()
         if pane is None:
             return []
-        return [pane.peer] if pane.is_dm else [n for n in pane.members if n != self.me]
+        return [pane.peer] if pane.is_dm else [n for n in pane.state.members if n != self.me]
 
     @on(TabbedContent.TabActivated)
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
         pane = self.active_pane()
         if pane is not None:
-            pane.unread = 0
-            pane.mentioned = False
-            pane.receipts.unread.clear()
+            pane.state.looked_at()
             self._relabel(pane)
             self._report_read(pane)
         self._show_members()
@@ -266,15 +265,11 @@ class ChatScreen(Screen[None]):
 
     def _welcome(self, pane: RoomPane, event: Event) -> None:
         fmt, clock = self.formatter, self.chat.clock
-        members = event.get("members")
-        names = members if isinstance(members, list) else []
-        pane.members = {m for m in names if isinstance(m, str)}
-        self._welcome_marker(pane, event)
-        if event.get("recovered") is False:
+        effects = pane.state.apply(event, self.me)
+        self._redraw(pane, effects)
+        if effects.gap:
             pane.chat_log.write(fmt.gap())
-            pane.oldest_seq = None
-            pane.history_done = False
-        elif "recovered" not in event:
+        elif effects.joined:
             you = str(event.get("you", ""))
             pane.chat_log.write(fmt.system(clock.now(), f"you joined #{pane.key} as {you}"))
             if isinstance(event.get("topic"), str):
@@ -282,18 +277,12 @@ class ChatScreen(Screen[None]):
         self._show_members()
         self._show_status()
 
-    def _welcome_marker(self, pane: RoomPane, event: Event) -> None:
-        """Seqs of a new epoch say nothing about the old one, so read state starts over."""
-        marker = event.get("read")
-        marker = marker if isinstance(marker, int) else 0
-        epoch = event.get("epoch")
-        if epoch != pane.epoch:
-            pane.epoch = epoch if isinstance(epoch, str) else None
-            pane.receipts.reset(marker)
-            pane.show_seen([])
-        else:
-            pane.receipts.read_by_me(marker)
-        self._sync_unread(pane)
+    def _redraw(self, pane: RoomPane, effects: Effects) -> None:
+        """What an event changed besides its own line: the tab label, the "seen by" line."""
+        if effects.unread:
+            self._relabel(pane)
+        if effects.seen:
+            pane.show_seen(pane.state.receipts.seen_by())
 
     def _day_line(self, pane: RoomPane, event: Event) -> None:
         moment = self.chat.clock.local(event.get("ts"))
@@ -303,21 +292,15 @@ class ChatScreen(Screen[None]):
 
     def _message(self, pane: RoomPane, event: Event) -> None:
         sender, text = str(event.get("from", "?")), str(event.get("text", ""))
-        own = sender == self.me
-        mention = not own and mentions(text, self.me)
+        effects = pane.state.apply(event, self.me)
+        own, mention, live = effects.own, effects.mention, effects.live
         seq = event.get("seq")
-        if isinstance(seq, int) and (pane.oldest_seq is None or seq < pane.oldest_seq):
-            pane.oldest_seq = seq
         self._day_line(pane, event)
-        live = not event.get("replay")
-        if isinstance(seq, int):
-            pane.receipts.shown(seq, own)
-        if not own and (live or (isinstance(seq, int) and pane.receipts.is_unread(seq))):
+        if effects.count:
             self._count_unread(pane, mention, seq if isinstance(seq, int) else None)
         moment = self.chat.clock.local(event.get("ts"))
         pane.chat_log.write(self.formatter.message(moment, sender, text, own=own, mention=mention))
-        if own:
-            pane.show_seen(pane.receipts.seen_by())
+        self._redraw(pane, effects)
         if live and mention:
             self._alert(f"{one_line(sender)} in #{one_line(pane.key)}", text, pane)
         if live:
@@ -326,34 +309,15 @@ class ChatScreen(Screen[None]):
     def _count_unread(self, pane: RoomPane, mention: bool, seq: int | None = None) -> None:
         if pane is self.active_pane():
             return
-        if pane.unread == 0:
+        if pane.state.count_unread(mention, seq):
             pane.chat_log.remove_tag(UNREAD_TAG)
             pane.chat_log.write(self.formatter.unread_marker(), tag=UNREAD_TAG)
-        pane.unread += 1
-        pane.mentioned = pane.mentioned or mention
-        if seq is not None:
-            pane.receipts.count_unread(seq, mention)
         self._relabel(pane)
 
     # -- read markers ---------------------------------------------------------------------------
 
     def _read(self, pane: RoomPane, event: Event) -> None:
-        name, seq = event.get("name"), event.get("seq")
-        if pane.is_dm or not isinstance(name, str) or not isinstance(seq, int):
-            return
-        if name == self.me:
-            pane.receipts.read_by_me(seq)
-            self._sync_unread(pane)
-        else:
-            pane.receipts.read_by(name, seq)
-            pane.show_seen(pane.receipts.seen_by())
-
-    def _sync_unread(self, pane: RoomPane) -> None:
-        """A room's unread count is what lies past the marker; another device may have moved it."""
-        unread, mentioned = len(pane.receipts.unread), pane.receipts.mentioned
-        if (unread, mentioned) != (pane.unread, pane.mentioned):
-            pane.unread, pane.mentioned = unread, mentioned
-            self._relabel(pane)
+        self._redraw(pane, pane.state.apply(event, self.me))
 
     def _report_read(self, pane: RoomPane) -> None:
         """Tell the relay what the user has seen: the active room's newest message, in view.
@@ -371,16 +335,17 @@ class ChatScreen(Screen[None]):
             or pane.key in self._read_timers
         ):
             return
-        seq = pane.receipts.wanted()
+        receipts = pane.state.receipts
+        seq = receipts.wanted()
         if seq is None:
             return
         now = time.monotonic()
-        wait = pane.receipts.wait(now)
+        wait = receipts.wait(now)
         if wait > 0:
             self._read_timers[pane.key] = self.set_timer(wait, lambda: self._read_due(pane))
             return
         link.mark_read(seq)
-        pane.receipts.sent(seq, now)
+        receipts.sent(seq, now)
 
     def _read_due(self, pane: RoomPane) -> None:
         self._read_timers.pop(pane.key, None)
@@ -445,53 +410,35 @@ class ChatScreen(Screen[None]):
         pane.chat_log.write(self.formatter.system(self.chat.clock.local(event.get("ts")), text))
 
     def _presence(self, pane: RoomPane, event: Event) -> None:
-        name = str(event.get("name", "?"))
-        if event["type"] == "join":
-            if name in pane.members and name == self.me:
-                return
-            pane.members.add(name)
-            what = "joined"
-        else:
-            pane.members.discard(name)
-            what = "left"
+        if not pane.state.apply(event, self.me).show:
+            return
         moment = self.chat.clock.local(event.get("ts"))
-        pane.chat_log.write(self.formatter.system(moment, describe(event) or f"{name} {what}"))
+        pane.chat_log.write(self.formatter.system(moment, describe(event) or "?"))
         if pane is self.active_pane():
             self._show_members()
 
     def _nick(self, pane: RoomPane, event: Event) -> None:
         old, new = str(event.get("old", "?")), str(event.get("new", "?"))
-        if old in pane.members:
-            pane.members.discard(old)
-            pane.members.add(new)
-        pane.receipts.renamed(old, new)
-        pane.show_seen(pane.receipts.seen_by())
+        self._redraw(pane, pane.state.apply(event, self.me))
         moment = self.chat.clock.local(event.get("ts"))
         pane.chat_log.write(self.formatter.system(moment, describe(event) or new))
         dm = self.panes.get("@" + old)
         if dm is not None and "@" + new not in self.panes:
             del self.panes[dm.key]
-            dm.key = "@" + new
+            dm.state.key = "@" + new
             self.panes[dm.key] = dm
             self._relabel(dm)
         self._show_members()
         self._show_status()
 
     def _members(self, pane: RoomPane, event: Event) -> None:
-        names = [m for m in event.get("members", []) if isinstance(m, str)]
-        pane.members = set(names)
-        pane.chat_log.write(self.formatter.info(describe(event) or ", ".join(names)))
+        pane.state.apply(event, self.me)
+        pane.chat_log.write(self.formatter.info(describe(event) or "members"))
         self._show_members()
 
     def _history(self, pane: RoomPane, event: Event) -> None:
         fmt, clock = self.formatter, self.chat.clock
-        older = [
-            message
-            for message in event.get("messages", [])
-            if isinstance(message, dict)
-            and isinstance(message.get("seq"), int)
-            and (pane.oldest_seq is None or message["seq"] < pane.oldest_seq)
-        ]
+        older = pane.state.older(event)
         texts: list[Text] = []
         for message in older:
             sender, text = str(message.get("from", "?")), str(message.get("text", ""))
@@ -499,12 +446,7 @@ class ChatScreen(Screen[None]):
             mention = not own and mentions(text, self.me)
             moment = clock.local(message.get("ts"))
             texts.append(fmt.message(moment, sender, text, own=own, mention=mention))
-        added = pane.chat_log.prepend(texts)
-        if added:
-            # A full log keeps only the newest part of the page: ask again from there.
-            pane.oldest_seq = min(m["seq"] for m in older[len(older) - added :])
-        if not older or (added == len(older) and pane.oldest_seq == 1):
-            pane.history_done = True
+        if pane.state.paged(older, pane.chat_log.prepend(texts)):
             pane.chat_log.prepend([fmt.info("── beginning of history ──")])
 
     def _error(self, pane: RoomPane, event: Event, request: Event | None) -> None:
@@ -757,7 +699,7 @@ class ChatScreen(Screen[None]):
         start = panes.index(current) if current in panes else -1
         for offset in range(1, len(panes) + 1):
             pane = panes[(start + offset) % len(panes)]
-            if pane.mentioned:
+            if pane.state.mentioned:
                 self._activate(pane)
                 return
 
@@ -767,8 +709,9 @@ class ChatScreen(Screen[None]):
             return
         if direction < 0 and pane.chat_log.at_top:
             link = self.links.get(pane.key)
-            if link is not None and not pane.history_done and pane.oldest_seq is not None:
-                link.send({"type": "history", "before": pane.oldest_seq, "limit": HISTORY_PAGE})
+            request = pane.state.history_request(HISTORY_PAGE)
+            if link is not None and request is not None:
+                link.send(request)
         elif direction < 0:
             pane.chat_log.scroll_page_up(animate=False)
         else:
