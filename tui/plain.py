@@ -229,7 +229,7 @@ async def _lines(stdin: TextIO) -> AsyncIterator[str]:
         lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(fd), "rb")
     )
     try:
-        while line := await reader.readline():
-            yield line.decode("utf-8", errors="replace")
+        while raw := await reader.readline():
+            yield raw.decode("utf-8", errors="replace")
     finally:
         transport.close()

@@ -126,7 +126,7 @@ class Backoff:
         self.rng = rng or random.Random()
 
     def delay(self, attempt: int) -> float:
-        ceiling = min(self.cap, self.base * 2 ** min(attempt, 20))
+        ceiling: float = min(self.cap, self.base * 2.0 ** min(attempt, 20))
         return ceiling * self.rng.uniform(0.5, 1.0)
 
 
@@ -136,8 +136,8 @@ class RoomLink:
         server: str,
         room: str,
         identity: Identity,
-        sink: Callable[[Event, Event | None], None],
-        on_status: Callable[[Status], None],
+        sink: Callable[[Event, Event | None], object],
+        on_status: Callable[[Status], object],
         *,
         backlog: int | None = None,
         backoff: Backoff | None = None,

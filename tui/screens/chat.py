@@ -542,7 +542,7 @@ class ChatScreen(Screen[None]):
         if pane is not None and pane.key in self.links:
             return self.links[pane.key]
         connected = [link for link in self.links.values() if link.connected]
-        return (connected or list(self.links.values()) or [None])[0]
+        return next(iter(connected or self.links.values()), None)
 
     def _room_link(self, pane: RoomPane | None, command: str) -> RoomLink:
         if pane is None or pane.is_dm:
