@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
+import httpx
+from rich.console import Console
 from rich.text import Text
 from textual.app import App, ComposeResult
 
+from tests.test_tui_app import SIZE, has_line, lines, make_app, until
+from tui.lines import LineFormatter
 from tui.widgets.chat_log import ChatLog
 
 
@@ -78,3 +84,36 @@ async def test_a_history_page_keeps_the_newest_line_in_view_of_a_short_log():
         log.prepend([Text(f"older {i}") for i in range(30)])
         await pilot.pause()
         assert shows_the_end(log)
+
+
+def test_only_the_time_of_a_line_is_dim():
+    """The stamp's style once covered the whole line, so every message rendered faint."""
+    fmt = LineFormatter("%H:%M")
+    moment = datetime(2026, 1, 2, 12, 34)
+    console = Console(width=80)
+    for mention in (False, True):
+        line = fmt.message(moment, "bob", "hello alice", own=False, mention=mention)
+        assert line.plain == "12:34 bob hello alice"
+        assert not line.style
+        assert line.get_style_at_offset(console, 0).dim
+        assert not line.get_style_at_offset(console, line.plain.index("bob")).dim
+        assert not line.get_style_at_offset(console, line.plain.index("hello")).dim
+    assert not fmt.system(moment, "bob joined").style
+
+
+async def test_you_joined_comes_after_the_replayed_messages(relay, room):
+    """Replayed messages are older than the join: the line saying so goes after them."""
+    async with httpx.AsyncClient() as http:
+        for i in range(3):
+            url = f"{relay.http}/rooms/{room}/messages"
+            response = await http.post(url, json={"from": "bob", "text": f"old {i}"})
+            response.raise_for_status()
+    app = make_app(relay, [room])
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: has_line(app, room, "you joined"), what="the join line")
+        shown = lines(app, room)
+        joined = next(i for i, line in enumerate(shown) if "you joined" in line)
+        assert [line for line in shown[:joined] if "old" in line] == [
+            line for line in shown if "old" in line
+        ]
+        assert len([line for line in shown if "old" in line]) == 3

@@ -31,6 +31,9 @@ class RoomPane(TabPane):
         self.oldest_seq: int | None = None
         self.history_done = False
         self.epoch: str | None = None
+        # "you joined" waits for the replayed messages, which are older, so times run forward.
+        self.after_replay: list[Text] = []
+        self.replay_left = 0
         self.receipts = ReadReceipts()
         self.chat_log = ChatLog(max_lines)
         self.seen_label = Label(classes="seen")
