@@ -107,3 +107,27 @@ def test_joins_and_pastes_end_at_the_newest_line(
     alice.wait_for("Send (y)")
     alice.type("y")
     alice.wait_for("alice third pasted")
+
+
+def test_a_50x15_terminal_shows_the_input_and_the_active_tab(
+    relay: RelayProcess, terminals: Terminals, room: str
+) -> None:
+    rooms = [f"{room}-{n}" for n in ("alpha", "beta", "gamma")]
+    small = terminals.chat_tui(
+        "--server", server(relay), "connect", *rooms, "--name", "alice", width=50, height=15
+    )
+    small.wait_for("● connected")
+    small.raw(ESC + "3")
+    screen = small.wait_for(f"you joined #{rooms[2]}")
+    assert "Members" not in screen
+    assert "Message, or /help" in screen
+    tab_bar = screen.splitlines()[1]
+    assert f"#{rooms[2]}" in tab_bar
+    small.line("tiny but usable")
+    small.wait_for("alice tiny but usable")
+    small.keys("F2")
+    small.wait_for("Members (1)")
+    small.keys("C-t")
+    small.wait_gone("Members (1)")
+    small.resize(100, 30)
+    small.wait_for("Members (1)")

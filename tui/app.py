@@ -15,6 +15,8 @@ from tui.screens.chat import ChatScreen
 from tui.screens.help import HelpScreen
 from tui.state import InputHistory, TokenStore
 
+NARROW_BELOW = 70
+
 
 def let_alt_digits_through() -> None:
     """Make ESC+digit arrive as Alt+digit, which is what terminals mean by it.
@@ -34,7 +36,10 @@ class ChatApp(App[None]):
     TITLE = "chat"
     CSS_PATH = "chat.tcss"
     ENABLE_COMMAND_PALETTE = False
+    # Below NARROW_BELOW columns the sidebar would take half the width: hidden until asked for.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (NARROW_BELOW, "-wide")]  # noqa: RUF012
     BINDINGS = [  # noqa: RUF012
+        Binding("ctrl+t,f2", "toggle_members", "Members", id="toggle_members"),
         Binding("f1", "help", "Help", id="help"),
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
     ]
@@ -76,3 +81,8 @@ class ChatApp(App[None]):
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
+
+    def action_toggle_members(self) -> None:
+        """Shows the sidebar in a narrow terminal, hides it in a wide one."""
+        if isinstance(self.screen, ChatScreen):
+            self.screen.toggle_class("-members-toggled")
