@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import httpx
 
 from tests.relayproc import RelayProcess
-from tests.tmux import ESC, F1, Terminals
+from tests.tmux import ESC, F1, Terminal, Terminals
 
 
 def server(relay: RelayProcess) -> str:
@@ -131,3 +134,30 @@ def test_a_50x15_terminal_shows_the_input_and_the_active_tab(
     small.wait_gone("Members (1)")
     small.resize(100, 30)
     small.wait_for("Members (1)")
+
+
+def my_name(terminal: Terminal) -> str:
+    screen = terminal.wait(lambda s: re.search(r"you are (\S+)", s) is not None, what="a name")
+    found = re.search(r"you are (\S+)", screen)
+    assert found is not None
+    return found.group(1)
+
+
+def test_profiles_keep_two_users_apart_on_one_machine(
+    relay: RelayProcess, terminals: Terminals, room: str, tmp_path: Path
+) -> None:
+    """Same XDG dirs (one machine user): profiles are different users, no profile is shared."""
+    home = tmp_path / "machine"
+    args = ("--server", server(relay), "connect", room)
+    work = terminals.chat_tui("--profile", "work", *args, home=home)
+    play = terminals.chat_tui(*args, "--profile", "play", home=home)
+    work.wait_for("● connected")
+    play.wait_for("● connected")
+    work_name, play_name = my_name(work), my_name(play)
+    assert work_name != play_name
+    play.wait_for(work_name)
+    assert (home / "state" / "chat-tui" / "profiles" / "work" / "identity.json").exists()
+    again = terminals.chat_tui("--profile", "work", *args, home=home)
+    again.wait_for("Profile in use")
+    assert my_name(again) == work_name
+    assert "Profile in use" not in work.screen()

@@ -5,11 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 
 import httpx
+import pytest
 from rich.console import Console
 from rich.text import Text
 from textual.app import App, ComposeResult
 
 from tests.test_tui_app import SIZE, has_line, lines, make_app, until
+from tui import cli
+from tui.config import profile_error, state_dir
 from tui.lines import LineFormatter
 from tui.widgets.chat_log import ChatLog
 
@@ -117,3 +120,18 @@ async def test_you_joined_comes_after_the_replayed_messages(relay, room):
             line for line in shown if "old" in line
         ]
         assert len([line for line in shown if "old" in line]) == 3
+
+
+def test_a_profile_name_that_is_not_a_plain_directory_name_is_refused(capsys):
+    for bad in ("../escape", ".hidden", "a/b", "", "x" * 65):
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["--profile", bad, "connect", "room"])
+        assert exited.value.code == 2
+        assert "--profile" in capsys.readouterr().err
+
+
+def test_profiles_live_apart_in_the_state_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert state_dir() == tmp_path / "chat-tui"
+    assert state_dir("work") == tmp_path / "chat-tui" / "profiles" / "work"
+    assert profile_error("work.2") is None

@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from shared.protocol import room_error
 from shared.sanitize import one_line
-from tui.config import Config, ConfigError, state_dir
+from tui.config import Config, ConfigError, profile_error, state_dir
 from tui.connection import Identity
 from tui.http_api import ApiError, list_rooms, post_message
 from tui.plain import EXIT_FAILED, EXIT_OK, PlainOptions, PlainSession
@@ -30,6 +30,11 @@ def _common() -> argparse.ArgumentParser:
     add("--server", default=argparse.SUPPRESS, help="relay URL, e.g. ws://127.0.0.1:8000")
     add("--config", type=Path, default=argparse.SUPPRESS, help="config file (TOML)")
     add("--plain", action="store_true", default=argparse.SUPPRESS, help="headless line mode")
+    add(
+        "--profile",
+        default=argparse.SUPPRESS,
+        help="keep identity and history apart under this name (another user on this machine)",
+    )
     return common
 
 
@@ -64,6 +69,9 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"config: {error}", EXIT_USAGE)
     if getattr(args, "server", None):
         config.server = args.server
+    profile = getattr(args, "profile", None)
+    if profile is not None and (problem := profile_error(profile)):
+        _fail(f"--profile {profile!r}: {problem}", EXIT_USAGE)
     if args.command == "rooms":
         sys.exit(asyncio.run(_rooms(config)))
     if args.command == "send":
@@ -73,13 +81,14 @@ def main(argv: list[str] | None = None) -> None:
         if problem:
             _fail(f"{room!r}: {problem}", EXIT_USAGE)
     if getattr(args, "plain", False):
-        sys.exit(_plain(config, args))
+        sys.exit(_plain(config, args, state_dir(profile)))
     from tui.app import ChatApp
 
-    ChatApp(config, list(dict.fromkeys(args.rooms)), name=args.name).run()
+    rooms = list(dict.fromkeys(args.rooms))
+    ChatApp(config, rooms, name=args.name, state=state_dir(profile)).run()
 
 
-def _plain(config: Config, args: argparse.Namespace) -> int:
+def _plain(config: Config, args: argparse.Namespace, state: Path) -> int:
     if len(args.rooms) != 1:
         _fail("--plain connects to exactly one room", EXIT_USAGE)
     options = PlainOptions(
@@ -91,7 +100,7 @@ def _plain(config: Config, args: argparse.Namespace) -> int:
         timeout=args.timeout,
         backlog=args.backlog,
     )
-    tokens = TokenStore(state_dir() / "identity.json")
+    tokens = TokenStore(state / "identity.json")
 
     async def run() -> int:
         identity = Identity(tokens.get(config.server), lambda t: tokens.put(config.server, t))
