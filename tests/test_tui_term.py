@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import select
+import subprocess
+import sys
+import time
 from datetime import datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -135,3 +141,27 @@ def test_profiles_live_apart_in_the_state_dir(tmp_path, monkeypatch):
     assert state_dir() == tmp_path / "chat-tui"
     assert state_dir("work") == tmp_path / "chat-tui" / "profiles" / "work"
     assert profile_error("work.2") is None
+
+
+def test_the_readme_bare_websocket_client_works(relay, room):
+    """The README's command for a client with nothing installed beyond `make`'s venv."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert ".venv/bin/python -m websockets ws://127.0.0.1:8000/chat/room1" in readme
+    url = relay.url(room)
+    command = [sys.executable, "-m", "websockets", url]
+    with subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    ) as client:
+        assert client.stdin is not None and client.stdout is not None
+        client.stdin.write(b"hello from a bare client\n")
+        client.stdin.flush()
+        seen = b""
+        deadline = time.monotonic() + 10
+        while b":: hello from a bare client" not in seen:
+            left = deadline - time.monotonic()
+            assert left > 0, seen
+            ready, _, _ = select.select([client.stdout], [], [], left)
+            if ready:
+                seen += os.read(client.stdout.fileno(), 4096)
+        client.stdin.close()
+        client.wait(10)
