@@ -165,3 +165,37 @@ def test_the_readme_bare_websocket_client_works(relay, room):
                 seen += os.read(client.stdout.fileno(), 4096)
         client.stdin.close()
         client.wait(10)
+
+
+HEAVY = ("textual", "httpx", "asyncio", "websockets", "rich")
+
+
+def modules_after(code: str, stdin: str = "") -> set[str]:
+    """The heavy top-level modules a clean interpreter has loaded after running `code`."""
+    probe = f"{code}\nimport sys\nprint(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    command = [sys.executable, "-c", probe]
+    done = subprocess.run(
+        command, input=stdin, capture_output=True, text=True, timeout=60, check=True
+    )
+    return set(eval(done.stdout.splitlines()[-1]))
+
+
+def test_importing_the_cli_loads_no_heavy_module():
+    """Scripts start `chat-tui send` per message; Textual alone costs more than the request."""
+    assert modules_after("import tui.cli") == set()
+
+
+def test_send_rooms_and_plain_load_only_what_they_use(relay, room):
+    def run(*args: str) -> str:
+        return (
+            "from tui import cli\n"
+            "try:\n"
+            f"    cli.main({['--server', f'ws://127.0.0.1:{relay.port}', *args]!r})\n"
+            "except SystemExit as done:\n"
+            "    assert done.code == 0, done.code\n"
+        )
+
+    assert modules_after(run("send", room, "hello", "--from", "script")) == set()
+    assert modules_after(run("rooms")) == set()
+    plain = run("--plain", "connect", room)
+    assert modules_after(plain, stdin="hi\n") == {"asyncio", "websockets"}
