@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import httpx
 
 from tests.relayproc import RelayProcess
-from tests.tmux import ESC, F1, Terminals
+from tests.tmux import ESC, F1, Terminal, Terminals
 
 
 def server(relay: RelayProcess) -> str:
@@ -107,3 +110,54 @@ def test_joins_and_pastes_end_at_the_newest_line(
     alice.wait_for("Send (y)")
     alice.type("y")
     alice.wait_for("alice third pasted")
+
+
+def test_a_50x15_terminal_shows_the_input_and_the_active_tab(
+    relay: RelayProcess, terminals: Terminals, room: str
+) -> None:
+    rooms = [f"{room}-{n}" for n in ("alpha", "beta", "gamma")]
+    small = terminals.chat_tui(
+        "--server", server(relay), "connect", *rooms, "--name", "alice", width=50, height=15
+    )
+    small.wait_for("● connected")
+    small.raw(ESC + "3")
+    screen = small.wait_for(f"you joined #{rooms[2]}")
+    assert "Members" not in screen
+    assert "Message, or /help" in screen
+    tab_bar = screen.splitlines()[1]
+    assert f"#{rooms[2]}" in tab_bar
+    small.line("tiny but usable")
+    small.wait_for("alice tiny but usable")
+    small.keys("F2")
+    small.wait_for("Members (1)")
+    small.keys("C-t")
+    small.wait_gone("Members (1)")
+    small.resize(100, 30)
+    small.wait_for("Members (1)")
+
+
+def my_name(terminal: Terminal) -> str:
+    screen = terminal.wait(lambda s: re.search(r"you are (\S+)", s) is not None, what="a name")
+    found = re.search(r"you are (\S+)", screen)
+    assert found is not None
+    return found.group(1)
+
+
+def test_profiles_keep_two_users_apart_on_one_machine(
+    relay: RelayProcess, terminals: Terminals, room: str, tmp_path: Path
+) -> None:
+    """Same XDG dirs (one machine user): profiles are different users, no profile is shared."""
+    home = tmp_path / "machine"
+    args = ("--server", server(relay), "connect", room)
+    work = terminals.chat_tui("--profile", "work", *args, home=home)
+    play = terminals.chat_tui(*args, "--profile", "play", home=home)
+    work.wait_for("● connected")
+    play.wait_for("● connected")
+    work_name, play_name = my_name(work), my_name(play)
+    assert work_name != play_name
+    play.wait_for(work_name)
+    assert (home / "state" / "chat-tui" / "profiles" / "work" / "identity.json").exists()
+    again = terminals.chat_tui("--profile", "work", *args, home=home)
+    again.wait_for("Profile in use")
+    assert my_name(again) == work_name
+    assert "Profile in use" not in work.screen()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import cast
 
 from textual._ansi_sequences import ANSI_SEQUENCES_KEYS
@@ -13,7 +14,9 @@ from tui.clock import Clock
 from tui.config import Config, state_dir
 from tui.screens.chat import ChatScreen
 from tui.screens.help import HelpScreen
-from tui.state import InputHistory, TokenStore
+from tui.state import InputHistory, ProfileLock, TokenStore
+
+NARROW_BELOW = 70
 
 
 def let_alt_digits_through() -> None:
@@ -34,7 +37,10 @@ class ChatApp(App[None]):
     TITLE = "chat"
     CSS_PATH = "chat.tcss"
     ENABLE_COMMAND_PALETTE = False
+    # Below NARROW_BELOW columns the sidebar would take half the width: hidden until asked for.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (NARROW_BELOW, "-wide")]  # noqa: RUF012
     BINDINGS = [  # noqa: RUF012
+        Binding("ctrl+t,f2", "toggle_members", "Members", id="toggle_members"),
         Binding("f1", "help", "Help", id="help"),
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
     ]
@@ -48,15 +54,19 @@ class ChatApp(App[None]):
         token: str | None = None,
         clock: Clock | None = None,
         remember: bool = True,
+        state: Path | None = None,
     ) -> None:
-        """`remember=False` keeps token and input history in memory only (tests, guests)."""
+        """`remember=False` keeps token and input history in memory only (tests, guests);
+        `state` is the profile's directory (tui.config.state_dir)."""
         super().__init__()
         let_alt_digits_through()
         self.config = config
         self.rooms = rooms
         self.wanted_name = name
         self.clock = clock or Clock()
-        directory = state_dir()
+        directory = state or state_dir()
+        self.profile_lock = ProfileLock(directory / "lock")
+        self.profile_shared = remember and not self.profile_lock.acquire()
         self.tokens = TokenStore(directory / "identity.json") if remember else None
         stored = self.tokens.get(config.server) if self.tokens else None
         self.identity = Identity(token or stored, self._store_token)
@@ -65,6 +75,16 @@ class ChatApp(App[None]):
             self.theme = config.theme
         if config.keymap:
             self.set_keymap(config.keymap)
+
+    def on_mount(self) -> None:
+        if self.profile_shared:
+            self.notify(
+                "Another chat-tui is running with this profile: both are the same user. "
+                "Start with --profile NAME to be someone else.",
+                title="Profile in use",
+                severity="warning",
+                timeout=15,
+            )
 
     def _store_token(self, token: str) -> None:
         if self.tokens is not None:
@@ -84,3 +104,8 @@ class ChatApp(App[None]):
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
+
+    def action_toggle_members(self) -> None:
+        """Shows the sidebar in a narrow terminal, hides it in a wide one."""
+        if isinstance(self.screen, ChatScreen):
+            self.screen.toggle_class("-members-toggled")

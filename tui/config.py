@@ -5,6 +5,7 @@ Directories follow the XDG base directories (shared/xdg.py).
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,8 +21,24 @@ def config_dir() -> Path:
     return config_home(APP_DIR)
 
 
-def state_dir() -> Path:
-    return state_home(APP_DIR)
+def state_dir(profile: str | None = None) -> Path:
+    """Where a profile keeps its identity and input history; no profile is the default one.
+
+    Two clients sharing a directory are the same user (one token), so `--profile NAME` gives
+    each its own: `profiles/NAME` inside the state dir.
+    """
+    base = state_home(APP_DIR)
+    return base / "profiles" / profile if profile else base
+
+
+_PROFILE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+
+
+def profile_error(name: str) -> str | None:
+    """Why `name` cannot be a profile (it becomes a directory name), or None."""
+    if _PROFILE.fullmatch(name) is None:
+        return "a profile is 1-64 letters, digits, '_', '-' or '.', not starting with '.'"
+    return None
 
 
 class ConfigError(Exception):

@@ -36,7 +36,10 @@ class LineFormatter:
         self.dark = dark
 
     def _stamp(self, moment: datetime) -> Text:
-        return Text(moment.strftime(self.timestamp_format) + " ", style="dim")
+        """A line that starts with the time; only the time is dim, not what is appended."""
+        line = Text()
+        line.append(moment.strftime(self.timestamp_format) + " ", style="dim")
+        return line
 
     def message(
         self, moment: datetime, sender: str, text: str, *, own: bool, mention: bool

@@ -45,9 +45,18 @@ UNREAD_TAG = "unread"
 DM_PROMPT_TAG = "dm-prompt"
 # A link worker that failed (a bug, not the network) is started again after this many seconds.
 RESTART_DELAY = 2.0
+# Events that are not the room's own and so do not end its replay.
+_AFTER_REPLAY_WAITS = frozenset({"dm", "dm_request", "dm_accepted", "dm_declined", "read"})
+
 # The status line shows the most pressing state; a room that gave up (kicked, refused) only
 # counts as offline when no other room is connected.
 _STATE_RANK = {State.OFFLINE: 0, State.CONNECTED: 1, State.CONNECTING: 2, State.RECONNECTING: 3}
+
+
+def _ends_replay(event: Event) -> bool:
+    """The room's own event, not a replayed message: the replay is over (or was cut short)."""
+    kind = event.get("type")
+    return kind not in _AFTER_REPLAY_WAITS and not (kind == "message" and event.get("replay"))
 
 
 class ChatScreen(Screen[None]):
@@ -238,6 +247,8 @@ class ChatScreen(Screen[None]):
         event = message.event
         kind = event.get("type")
         pane = self.panes.get(message.room)
+        if pane is not None and pane.after_replay and _ends_replay(event):
+            self._after_replay(pane)
         if kind == "dm":
             self._dm(event, message.request)
         elif kind in ("dm_request", "dm_accepted", "dm_declined"):
@@ -271,11 +282,21 @@ class ChatScreen(Screen[None]):
             pane.chat_log.write(fmt.gap())
         elif effects.joined:
             you = str(event.get("you", ""))
-            pane.chat_log.write(fmt.system(clock.now(), f"you joined #{pane.key} as {you}"))
+            pane.after_replay = [fmt.system(clock.now(), f"you joined #{pane.key} as {you}")]
             if isinstance(event.get("topic"), str):
-                pane.chat_log.write(fmt.system(clock.now(), f"topic: {event['topic']}"))
+                pane.after_replay.append(fmt.system(clock.now(), f"topic: {event['topic']}"))
+            replay = event.get("replay")
+            pane.replay_left = replay if isinstance(replay, int) and replay > 0 else 0
+            if not pane.replay_left:
+                self._after_replay(pane)
         self._show_members()
         self._show_status()
+
+    def _after_replay(self, pane: RoomPane) -> None:
+        """The replay is in (or something else came first): now say who joined."""
+        for line in pane.after_replay:
+            pane.chat_log.write(line)
+        pane.after_replay, pane.replay_left = [], 0
 
     def _redraw(self, pane: RoomPane, effects: Effects) -> None:
         """What an event changed besides its own line: the tab label, the "seen by" line."""
@@ -301,6 +322,10 @@ class ChatScreen(Screen[None]):
         moment = self.chat.clock.local(event.get("ts"))
         pane.chat_log.write(self.formatter.message(moment, sender, text, own=own, mention=mention))
         self._redraw(pane, effects)
+        if not live and pane.replay_left:
+            pane.replay_left -= 1
+            if not pane.replay_left:
+                self._after_replay(pane)
         if live and mention:
             self._alert(f"{one_line(sender)} in #{one_line(pane.key)}", text, pane)
         if live:

@@ -18,6 +18,7 @@ KEYS = [
     ("Ctrl+N / Ctrl+P", "next / previous tab"),
     ("Alt+1..9", "go to tab 1..9"),
     ("Ctrl+G / Alt+A", "next tab with an unread mention"),
+    ("Ctrl+T / F2", "show or hide the member list (hidden below 70 columns)"),
     ("Page Up / Down", "scroll the log (Page Up at the top loads older history)"),
     ("F1", "this help"),
     ("Ctrl+Q", "quit"),

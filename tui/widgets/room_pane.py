@@ -24,6 +24,9 @@ class RoomPane(TabPane):
         self.state = RoomState(key)
         super().__init__(Content.from_rich_text(self.title_text()), id=pane_id)
         self.last_day: date | None = None
+        # "you joined" waits for the replayed messages, which are older, so times run forward.
+        self.after_replay: list[Text] = []
+        self.replay_left = 0
         self.chat_log = ChatLog(max_lines)
         self.seen_label = Label(classes="seen")
 
