@@ -6,6 +6,7 @@ import asyncio
 import signal
 
 import pytest
+from textual.widgets import Button
 
 from tests.relayproc import JsonClient, closed
 from tests.test_tui_app import SIZE, connected, has_line, lines, make_app, type_line, until
@@ -156,6 +157,7 @@ async def test_quit_with_unsent_lines_asks_first(relay_factory, room):
         await pilot.press("ctrl+q")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="question")
         assert "1 line is not sent yet" in app.screen.question.plain
+        assert str(app.screen.query_one("#yes", Button).label) == "Quit (y)"
         await pilot.press("n")
         await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen), what="kept")
         assert app.is_running

@@ -662,7 +662,7 @@ class ChatScreen(Screen[None]):
             if yes:
                 self.app.exit()
 
-        self.app.push_screen(ConfirmScreen(question), answered)
+        self.app.push_screen(ConfirmScreen(question, yes="Quit"), answered)
 
     @work(group="http", exit_on_error=False)
     async def _list_rooms(self, pane: RoomPane | None) -> None:
