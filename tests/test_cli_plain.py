@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from tests.relayproc import JsonClient
+from tests.relayproc import JsonClient, closed
 
 TIMEOUT = 20
 
@@ -210,3 +210,21 @@ async def test_plain_exits_non_zero_when_a_line_is_refused(relay, room, tmp_path
     )
     assert result.returncode == 1, result.stderr
     assert "too_large" in result.stderr and "(not sent: xxx" in result.stderr
+
+
+async def test_plain_owner_kicks_and_closes(relay, room, tmp_path):
+    """`/kick` and `/close` from a script: the victim is closed with 4001, everyone with 4002,
+    and the owner's run ends with 0 (the room closing was what it asked for)."""
+    args = ["--plain", "connect", room, *server(relay)]
+    owner_dir = tmp_path / "owner"
+    first = await run_async(args, env_dir=owner_dir)
+    assert first.returncode == 0, first.stderr
+    victim = await JsonClient.connect(relay.url(room))
+    bystander = await JsonClient.connect(relay.url(room))
+    kicked = await run_async(args, stdin=f"/kick {victim.welcome['you']}\n", env_dir=owner_dir)
+    assert kicked.returncode == 0, kicked.stderr
+    assert (await closed(victim.ws))[0] == 4001
+    closing = await run_async(args, stdin="/close\n", env_dir=owner_dir)
+    assert closing.returncode == 0, closing.stderr
+    assert "closed the room" in closing.stderr
+    assert (await closed(bystander.ws))[0] == 4002

@@ -56,6 +56,7 @@ class PlainSession:
         self.err = stderr
         self.received = 0
         self.failed = 0
+        self.closed_room = False
         self.input_done = False
         self.finished = asyncio.Event()
         self.name_ready = asyncio.Event()
@@ -103,6 +104,8 @@ class PlainSession:
             if request is not None and request.get("cid") == self._rename:
                 self._note(f"chat-tui: cannot use the name {one_line(str(self.options.name))}")
                 self.finished.set()
+        elif kind == "closed" and request is not None:
+            self.closed_room = True
         elif kind == "nick" and request is not None and request.get("cid") == self._rename:
             self.name_ready.set()
         if kind in ("message", "dm") and not event.get("replay"):
@@ -193,6 +196,9 @@ class PlainSession:
                 timeout=self.options.timeout,
                 return_when=asyncio.FIRST_COMPLETED,
             )
+            if link_task in done and self.closed_room:
+                # The owner's own /close ends the room and the run: that is what was asked.
+                return EXIT_FAILED if self.failed else EXIT_OK
             if link_task in done:
                 error = link_task.exception()
                 message = str(error) if isinstance(error, LinkFailed) else repr(error)
