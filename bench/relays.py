@@ -37,6 +37,8 @@ class RelaySpec:
 
 def _ours(name: str, ws: str, *extra: str) -> RelaySpec:
     command = (sys.executable, "-m", "relay", "serve", "--port", "{port}", "--rate", "0")
+    # Every load client connects from 127.0.0.1: lift the per-address caps for the benchmark.
+    command += ("--max-connections-per-address", "0")
     command += ("--state-dir", "{state}", "--log-level", "warning", "--ws", ws, *extra)
     return RelaySpec(name, command, ("chat.v1", "plain"), ours=True)
 

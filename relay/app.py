@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from starlette.applications import Starlette
@@ -19,7 +20,9 @@ from relay.core import Hub, PostError
 from relay.direct import Flusher
 from shared import protocol as p
 
-_POST_STATUS = {p.NAME_TAKEN: 409, p.TOO_LARGE: 413}
+log = logging.getLogger("relay.app")
+
+_POST_STATUS = {p.NAME_TAKEN: 409, p.TOO_LARGE: 413, p.RATE_LIMITED: 429}
 
 
 class ChatEndpoint:
@@ -48,7 +51,15 @@ class ChatEndpoint:
             await websocket.close(p.CLOSE_POLICY, problem)
             return
         limit = self.hub.limits.send_queue_bytes
-        connection = Connection(send, json_mode, limit, self.flusher)
+        peer = scope.get("client")
+        address = str(peer[0]) if peer else ""
+        connection = Connection(send, json_mode, limit, self.flusher, address)
+        path = "direct" if connection.direct else "asgi"
+        if path != self.hub.metrics.write_path:
+            log.warning(
+                "write path is %s, not %s as expected at start", path, self.hub.metrics.write_path
+            )
+            self.hub.metrics.write_path = path
         try:
             self.hub.join(connection, room, **params)
             while True:
@@ -123,7 +134,8 @@ def create_app(hub: Hub) -> Router:
         if not isinstance(sender, str) or not isinstance(text, str):
             return _error(400, p.BAD_REQUEST, "'from' and 'text' must be strings")
         try:
-            message = hub.post(room, sender, text)
+            address = request.client.host if request.client else ""
+            message = hub.post(room, sender, text, address)
         except PostError as refused:
             return _error(_POST_STATUS.get(refused.code, 400), refused.code, refused.detail)
         return JSONResponse(message, status_code=201)

@@ -3,22 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import resource
 import signal
 import socket
 from importlib.metadata import version
 from pathlib import Path
+from types import ModuleType
+from typing import Literal
 
 import uvicorn
+from uvicorn.config import WS_PROTOCOLS
+from uvicorn.importer import import_from_string
 
 from relay.app import create_app, drain
 from relay.core import Hub, Limits
+from relay.direct import write_path
 from relay.sqlite_store import SQLiteStore
 from relay.store import MemoryStore, Store
 from relay.tokens import TokenSigner, load_secret
 from shared.xdg import state_home
 
+guarded: ModuleType | None
+try:
+    from relay import guard as guarded
+except ImportError:  # a uvicorn without the protocol classes relay/guard.py extends
+    guarded = None
+
+# The whole shutdown, whatever clients do; the last CUT_SECONDS of it follow the hard cut.
 DRAIN_SECONDS = 5.0
+CUT_SECONDS = 1
+# Descriptors kept for what is not a client socket: listening sockets, the database, logs.
+FD_RESERVE = 64
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,14 +55,21 @@ def _parser() -> argparse.ArgumentParser:
         ("backlog", int, defaults.backlog, "messages replayed on join by default"),
         ("max-message-bytes", int, defaults.max_message_bytes, "largest message text"),
         ("max-frame-bytes", int, defaults.max_frame_bytes, "hard cap per frame (close 1009)"),
-        ("rate", float, defaults.rate, "messages per second per connection (0: unlimited)"),
-        ("burst", int, defaults.burst, "messages a connection may send at once"),
+        ("rate", float, defaults.rate, "messages per second per identity (0: unlimited)"),
+        ("burst", int, defaults.burst, "messages an identity may send at once"),
+        ("address-rate", float, None, "frames and posts per second per address (default 10x rate)"),
+        ("address-burst", int, None, "burst per client address (default: 10x burst)"),
         ("send-queue-bytes", int, defaults.send_queue_bytes, "per-connection queue budget"),
         ("secret", str, None, "token signing secret (default: generated, kept in state dir)"),
         ("state-dir", Path, state_home("chat-relay"), "where the relay keeps its state"),
         ("db", str, None, "SQLite database (default: STATE_DIR/chat.db; :memory: keeps none)"),
         ("retain-messages", int, 0, "messages the database keeps per room (0: no cap)"),
         ("retain-days", float, 0.0, "days the database keeps a message (0: no limit)"),
+        ("max-connections", int, 0, "open sockets at most (0: what the fd limit allows)"),
+        ("max-connections-per-address", int, 256, "open sockets per client address (0: no cap)"),
+        ("handshake-timeout", float, 10.0, "seconds a request or handshake may take to arrive"),
+        ("ws-ping-interval", float, 20.0, "seconds between keepalive pings (0: none)"),
+        ("ws-ping-timeout", float, 20.0, "seconds to wait for a pong before closing 1011"),
         ("log-level", str, "info", "critical, error, warning, info or debug"),
         ("ws", str, "websockets-sansio", "uvicorn WebSocket implementation"),
     ]
@@ -71,9 +95,18 @@ class RelayServer(uvicorn.Server):
                 print(f"chat relay on ws://{host}:{port}/chat/{{room}}", flush=True)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_SECONDS
         for server in self.servers:
             server.close()
-        await drain(self.hub, DRAIN_SECONDS)
+        await drain(self.hub, DRAIN_SECONDS - CUT_SECONDS)
+        # A peer that stopped reading holds its transport open (queued frames, close frame
+        # behind them) for as long as it likes: past the drain, cut whatever is left.
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.abort()
+        self.config.timeout_graceful_shutdown = max(1, int(deadline - loop.time()))
         await super().shutdown(sockets)
 
 
@@ -87,17 +120,40 @@ def main(argv: list[str] | None = None) -> None:
         backlog=args.backlog,
         max_frame_bytes=args.max_frame_bytes,
         send_queue_bytes=args.send_queue_bytes,
+        address_rate=args.address_rate,
+        address_burst=args.address_burst,
     )
     signer = TokenSigner(load_secret(args.secret, args.state_dir))
     store = _store(args, limits.history)
     hub = Hub(store, signer, limits)
+    ws_protocol = import_from_string(WS_PROTOCOLS.get(args.ws, args.ws))
+    # uvicorn's trace level wraps every `send` in a logger, hiding the protocol behind it.
+    hub.metrics.write_path = write_path(ws_protocol, send_wrapped=args.log_level == "trace")
+    print(f"write path: {hub.metrics.write_path}", flush=True)
+    http_protocol: type[asyncio.Protocol] | Literal["httptools"] = "httptools"
+    capacity = _capacity(args.max_connections)
+    if guarded is None:
+        print("connection guard off: uvicorn's protocol classes were not found", flush=True)
+    else:
+        guard = guarded.Guard(
+            hub.metrics,
+            max_connections=capacity,
+            max_per_address=args.max_connections_per_address,
+            handshake_timeout=args.handshake_timeout,
+            max_body_bytes=limits.max_frame_bytes,
+            control_budget=limits.send_queue_bytes,
+        )
+        http_protocol, ws_protocol = guarded.protocols(guard, ws_protocol)
     config = uvicorn.Config(
         create_app(hub),
         host=args.host,
         port=args.port,
-        ws=args.ws,
+        http=http_protocol,
+        ws=ws_protocol,
         ws_max_size=limits.max_frame_bytes,
         ws_per_message_deflate=False,
+        ws_ping_interval=args.ws_ping_interval or None,
+        ws_ping_timeout=args.ws_ping_timeout or None,
         lifespan="off",
         log_level=args.log_level,
         access_log=False,
@@ -111,6 +167,26 @@ def main(argv: list[str] | None = None) -> None:
         RelayServer(config, hub).run()
     finally:
         store.close()
+
+
+def _capacity(max_connections: int) -> int:
+    """Raise the soft file-descriptor limit to the hard one; the connections that leaves room for.
+
+    Every socket is a descriptor, and the common soft default of 1,024 would let a thousand
+    idle sockets lock everyone else out long before the machine is busy.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    room = max(16, soft - FD_RESERVE)
+    capacity = min(max_connections, room) if max_connections > 0 else room
+    print(f"file descriptors: {soft}; connections held at most: {capacity}", flush=True)
+    return capacity
 
 
 def _store(args: argparse.Namespace, history: int) -> Store:

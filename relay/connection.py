@@ -17,6 +17,7 @@ from typing import Any
 
 from relay.core import Client, Outgoing
 from relay.direct import DirectSocket, Flusher, text_frame
+from shared import protocol as p
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
@@ -48,8 +49,10 @@ class Connection(Client):
         "_writer",
     )
 
-    def __init__(self, send: Send, json: bool, queue_limit: int, flusher: Flusher) -> None:
-        super().__init__(json)
+    def __init__(
+        self, send: Send, json: bool, queue_limit: int, flusher: Flusher, address: str = ""
+    ) -> None:
+        super().__init__(json, address)
         self._send = send
         self._direct = DirectSocket.behind(send)
         self._flusher = flusher
@@ -61,6 +64,11 @@ class Connection(Client):
         self._queued = 0
         self._closing: tuple[int, str] | None = None
         self._writer: asyncio.Task[None] | None = None
+
+    @property
+    def direct(self) -> bool:
+        """Whether frames go straight to the transport (relay/direct.py), not through `send`."""
+        return self._direct is not None
 
     def deliver(self, event: Outgoing) -> bool:
         if self._closing is not None:
@@ -97,6 +105,11 @@ class Connection(Client):
             self._drop_queue()
         else:
             self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    def fail(self) -> None:
+        self._marked = False
+        self._drop_queue()
+        self.close(p.CLOSE_INTERNAL_ERROR, "internal error", flush=False)
 
     def preload(self, events: list[Outgoing]) -> None:
         # The budget grows by the preload until the writer has sent it all (queue empty).

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,7 +27,10 @@ from relay.tokens import TokenSigner, new_subject
 from shared import protocol as p
 from shared.protocol import Event
 
+log = logging.getLogger("relay.core")
+
 CID_MAX = 64
+READ_COST = 0.2  # of a message's rate budget
 CID_TTL = 300.0
 CID_KEEP = 256
 
@@ -46,6 +50,9 @@ class Limits:
     backlog: int = 50
     max_frame_bytes: int = 65536
     send_queue_bytes: int = 1 << 20
+    # Per client address, over all its connections and HTTP posts; None: 10x the identity's.
+    address_rate: float | None = None
+    address_burst: int | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -82,13 +89,14 @@ class Outgoing:
 class Client:
     """One connection as the hub sees it; the WebSocket layer supplies delivery and closing."""
 
-    __slots__ = ("bucket", "json", "room", "strikes", "user")
+    __slots__ = ("address", "json", "room", "strikes", "user")
 
-    def __init__(self, json: bool) -> None:
+    def __init__(self, json: bool, address: str = "") -> None:
         self.json = json
+        # The peer's IP address, for the per-address rate limit ("" when unknown).
+        self.address = address
         self.user: User | None = None
         self.room: Room | None = None
-        self.bucket: TokenBucket | None = None
         self.strikes = 0
 
     def deliver(self, event: Outgoing) -> bool:
@@ -110,13 +118,17 @@ class Client:
 
 
 class User:
-    """An identity with at least one open connection; all its connections share one name."""
+    """An identity with at least one open connection; all its connections share one name.
 
-    __slots__ = ("cids", "clients", "name", "subject")
+    And one rate budget: fifty connections on one token get the rate of one.
+    """
 
-    def __init__(self, subject: str, name: str) -> None:
+    __slots__ = ("bucket", "cids", "clients", "name", "subject")
+
+    def __init__(self, subject: str, name: str, bucket: TokenBucket) -> None:
         self.subject = subject
         self.name = name
+        self.bucket = bucket
         self.clients: set[Client] = set()
         self.cids: dict[str, tuple[float, Event]] = {}
 
@@ -159,6 +171,15 @@ class Hub:
         self._answering: dict[str, str] = {}
         self._parked_cids: dict[str, tuple[float, dict[str, tuple[float, Event]]]] = {}
         self._ids = itertools.count(1)
+        limits = self.limits
+        self._address_rate = (
+            limits.rate * 10 if limits.address_rate is None else limits.address_rate
+        )
+        self._address_burst = (
+            limits.burst * 10 if limits.address_burst is None else limits.address_burst
+        )
+        self._addresses: dict[str, TokenBucket] = {}
+        self._addresses_pruned_at = 0
         self._id_prefix = secrets.token_hex(4)
 
     # -- connections --------------------------------------------------------------------------
@@ -181,7 +202,6 @@ class Hub:
                 self.store.set_owner(room_name, user.subject)
         client.user = user
         client.room = room
-        client.bucket = TokenBucket(self.limits.rate, self.limits.burst, self.clock())
         self.clients.add(client)
         self.metrics.connections_total += 1
         if client.json:
@@ -251,7 +271,7 @@ class Hub:
                 name = self._fresh_name()
         else:
             subject, name = new_subject(), self._fresh_name()
-        user = User(subject, name)
+        user = User(subject, name, TokenBucket(self.limits.rate, self.limits.burst, self.clock()))
         parked = self._parked_cids.pop(subject, None)
         if parked is not None:
             user.cids = parked[1]
@@ -321,10 +341,13 @@ class Hub:
         except ValueError:
             request = None
         kind = request.get("type") if isinstance(request, dict) else None
-        # Read markers are exempt: a client sends them on its own, they fan out only when the
-        # marker moves, and a refused one would look like a refusal of the user's last message.
-        exempt = kind == "read" and _is_int(request.get("seq"))
-        if not exempt and not self._admit(client):
+        # Read markers are cheap, not free: a client sends them on its own, so five of them cost
+        # what one message does, and a refused one is dropped without an error event (it would
+        # look like a refusal of the user's last message); it still counts toward a flood.
+        if kind == "read" and _is_int(request.get("seq")):
+            if not self._admit(client, READ_COST, quiet=True):
+                return
+        elif not self._admit(client):
             return
         if not isinstance(request, dict):
             self._error(client, p.BAD_JSON, "frame must be a JSON object")
@@ -348,9 +371,14 @@ class Hub:
         if client.room is not None and self._admit(client):
             self._error(client, p.BAD_FRAME, "binary frames are not supported; send text")
 
-    def _admit(self, client: Client) -> bool:
-        assert client.bucket is not None
-        if client.bucket.take(self.clock()):
+    def _admit(self, client: Client, cost: float = 1.0, quiet: bool = False) -> bool:
+        """Charge one inbound frame to its identity and its address; False when refused.
+
+        O(1): two bucket updates and one dictionary lookup, whatever the frame.
+        """
+        assert client.user is not None
+        now = self.clock()
+        if client.user.bucket.take(now, cost) and self._address_take(client.address, now, cost):
             client.strikes = 0
             return True
         client.strikes += 1
@@ -358,9 +386,26 @@ class Hub:
             self.metrics.floods += 1
             self.leave(client)
             client.close(p.CLOSE_POLICY, "flood: too many messages", flush=True)
-        else:
+        elif not quiet:
             self._error(client, p.RATE_LIMITED, "too many messages; slow down")
         return False
+
+    def _address_take(self, address: str, now: float, cost: float = 1.0) -> bool:
+        """Charge the client address's bucket, shared by its connections and HTTP posts."""
+        if self._address_rate <= 0 or not address:
+            return True
+        bucket = self._addresses.get(address)
+        if bucket is None:
+            bucket = self._addresses[address] = TokenBucket(
+                self._address_rate, self._address_burst, now
+            )
+            # Forget refilled buckets whenever the table has doubled: O(1) amortised per frame.
+            if len(self._addresses) > 2 * self._addresses_pruned_at + 64:
+                for key in [key for key, value in self._addresses.items() if value.full(now)]:
+                    if key != address:
+                        del self._addresses[key]
+                self._addresses_pruned_at = len(self._addresses)
+        return bucket.take(now, cost)
 
     def _on_say(self, client: Client, request: Event) -> None:
         cid = request.get("cid")
@@ -665,8 +710,10 @@ class Hub:
 
     # -- HTTP -----------------------------------------------------------------------------------
 
-    def post(self, room_name: str, sender: str, text: str) -> Event:
+    def post(self, room_name: str, sender: str, text: str, address: str = "") -> Event:
         """A message posted over HTTP by a script or bot; raises `PostError` when refused."""
+        if not self._address_take(address, self.clock()):
+            raise PostError(p.RATE_LIMITED, "too many messages from your address; slow down")
         problem = p.room_error(room_name)
         if problem is not None:
             raise PostError(p.BAD_ROOM, problem)
@@ -694,16 +741,36 @@ class Hub:
     # -- delivery -------------------------------------------------------------------------------
 
     def _fanout(self, room: Room, event: Outgoing) -> None:
-        behind = [client for client in room.clients if not client.deliver(event)]
-        self.metrics.messages_out += len(room.clients) - len(behind)
-        self._drop_slow(behind)
+        members = len(room.clients)
+        self.metrics.messages_out += members - self._deliver_all(room.clients, event)
 
-    def _deliver_all(self, clients: set[Client], event: Outgoing) -> None:
-        self._drop_slow([client for client in clients if not client.deliver(event)])
+    def _deliver_all(self, clients: Iterable[Client], event: Outgoing) -> int:
+        """Queue `event` to each client; the number that could not take it (dropped)."""
+        behind: list[Client] = []
+        broken: list[Client] = []
+        for client in clients:
+            # One client that fails (a bug, an event it cannot encode) must not cost the
+            # others their copy; the try costs nothing until something raises.
+            try:
+                if not client.deliver(event):
+                    behind.append(client)
+            except Exception as error:
+                log.error("delivery failed, closing that connection: %r", error)
+                broken.append(client)
+        if broken:
+            self._drop_broken(broken)
+        if behind:
+            self._drop_slow(behind)
+        return len(behind) + len(broken)
 
     def _send(self, client: Client, event: Outgoing) -> None:
-        if not client.deliver(event):
-            self._drop_slow([client])
+        self._deliver_all((client,), event)
+
+    def _drop_broken(self, clients: list[Client]) -> None:
+        for client in clients:
+            self.metrics.internal_errors += 1
+            self.leave(client)
+            client.close(p.CLOSE_INTERNAL_ERROR, "internal error", flush=False)
 
     def _drop_slow(self, clients: list[Client]) -> None:
         for client in clients:

@@ -4,16 +4,39 @@ Each ASGI `websocket.send` is one frame and one `write()` system call, and at hi
 that per-frame cost is most of the relay's work (docs/performance.md). With uvicorn's
 `websockets-sansio` protocol behind the endpoint's `send`, the relay can instead frame the
 events itself and hand each socket everything queued for it in one `transport.write()`.
-With any other server or protocol implementation the relay keeps using plain ASGI sends.
+With any other server or protocol implementation, a uvicorn that moved that class, or anything
+that wraps `send` (uvicorn's `--log-level trace` does), the relay keeps using plain ASGI sends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
+import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+if TYPE_CHECKING:
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+log = logging.getLogger("relay.direct")
+
+
+def _sansio_class() -> type[WebSocketsSansIOProtocol] | None:
+    """uvicorn's sansio protocol class, or None when this uvicorn has none where we look.
+
+    A private module: pyproject pins uvicorn to the minor release this was tested with, and a
+    release that moves it costs the fast path, never the relay.
+    """
+    try:
+        module = importlib.import_module("uvicorn.protocols.websockets.websockets_sansio_impl")
+    except ImportError:
+        return None
+    found = getattr(module, "WebSocketsSansIOProtocol", None)
+    return found if isinstance(found, type) else None
+
+
+SANSIO = _sansio_class()
 
 _TEXT = 0x81  # FIN + text opcode; server frames are never masked (RFC 6455 5.1)
 
@@ -43,7 +66,9 @@ class DirectSocket:
     def behind(cls, send: Callable[..., Any]) -> DirectSocket | None:
         """The direct path for an ASGI `send` that is uvicorn's sansio protocol, else None."""
         protocol = getattr(send, "__self__", None)
-        return cls(protocol) if isinstance(protocol, WebSocketsSansIOProtocol) else None
+        if SANSIO is None or not isinstance(protocol, SANSIO):
+            return None
+        return cls(protocol)
 
     def writable(self) -> bool:
         protocol = self._protocol
@@ -60,8 +85,17 @@ class DirectSocket:
         self._protocol.transport.write(data)
 
 
+def write_path(ws_protocol: type[Any] | None, send_wrapped: bool) -> str:
+    """ "direct" when connections will find the sansio protocol behind `send`, else "asgi"."""
+    direct = SANSIO is not None and ws_protocol is not None and issubclass(ws_protocol, SANSIO)
+    return "direct" if direct and not send_wrapped else "asgi"
+
+
 class Flushable(Protocol):
     def flush(self) -> None: ...
+
+    def fail(self) -> None:
+        """Give up on this connection after an unexpected error: close it, drop its queue."""
 
 
 class Flusher:
@@ -83,4 +117,10 @@ class Flusher:
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
         for connection in pending:
-            connection.flush()
+            # All connections marked in a pass share this loop: one that fails must not leave
+            # the others unwritten (and never marked again, since they still look marked).
+            try:
+                connection.flush()
+            except Exception as error:
+                log.error("flush failed, closing that connection: %r", error)
+                connection.fail()

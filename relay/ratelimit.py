@@ -1,4 +1,7 @@
-"""Per-connection token bucket: generous bursts for people typing, a ceiling for scripts."""
+"""Token buckets: generous bursts for people typing, a ceiling for scripts.
+
+The hub keeps one per identity (shared by all its connections) and one per client address.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +15,18 @@ class TokenBucket:
         self._tokens = float(burst)
         self._stamp = now
 
-    def take(self, now: float) -> bool:
-        """Spend one token if there is one; a rate of 0 means unlimited."""
+    def take(self, now: float, cost: float = 1.0) -> bool:
+        """Spend `cost` tokens if there are that many; a rate of 0 means unlimited."""
         if self._rate <= 0:
             return True
         tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
         self._stamp = now
-        if tokens < 1.0:
+        if tokens < cost:
             self._tokens = tokens
             return False
-        self._tokens = tokens - 1.0
+        self._tokens = tokens - cost
         return True
+
+    def full(self, now: float) -> bool:
+        """Whether the bucket has refilled: forgetting it then changes nothing."""
+        return self._rate <= 0 or self._tokens + (now - self._stamp) * self._rate >= self._burst

@@ -456,15 +456,16 @@ def test_errors_name_the_request_they_answer() -> None:
     ]
 
 
-def test_read_markers_are_not_rate_limited() -> None:
-    hub = make_hub(rate=1.0, burst=2)
+def test_read_markers_cost_a_fifth_and_are_refused_quietly() -> None:
+    hub = make_hub(FakeClock(), rate=1.0, burst=2)
     alice = joined(hub)
     say(hub, alice, "1")
-    say(hub, alice, "2")
-    send(hub, alice, type="read", seq=1)
-    send(hub, alice, type="read", seq=2)
-    assert [event["seq"] for event in alice.of("read")] == [1, 2]
-    assert not alice.of("error")
+    for _ in range(5):  # the one message's worth left pays for five reads
+        send(hub, alice, type="read", seq=1)
+    say(hub, alice, "2")  # refused: the budget is spent
+    send(hub, alice, type="read", seq=2)  # refused, without an error event
+    assert [event["seq"] for event in alice.of("read")] == [1]
+    assert [event["code"] for event in alice.of("error")] == ["rate_limited"]
 
 
 def test_read_marker_goes_to_own_devices_and_covered_authors() -> None:

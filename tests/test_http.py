@@ -153,7 +153,7 @@ async def test_metrics_prometheus_text(
     assert response.headers["content-type"].startswith("text/plain")
     body = response.text
     for name in (
-        "chat_connections",
+        "chat_connections_open",
         "chat_rooms",
         "chat_connections_total",
         "chat_messages_in_total",
@@ -161,7 +161,7 @@ async def test_metrics_prometheus_text(
         "chat_slow_consumers_total",
     ):
         assert f"# TYPE {name} " in body, name
-    assert metric(body, "chat_connections") >= 2
+    assert metric(body, "chat_connections_open") >= 2
     assert metric(body, "chat_rooms") >= 1
     grew = [
         ("chat_connections_total", 2),
