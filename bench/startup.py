@@ -38,10 +38,13 @@ class Command:
     walls: list[float] = field(default_factory=list)
     cpus: list[float] = field(default_factory=list)
 
-    def run(self, base_env: dict[str, str]) -> None:
+    def run(self, base_env: dict[str, str], cwd: str) -> None:
+        """From `cwd` outside the repo: `python -c` puts the working directory first on the
+        path, which would import this tree even when timing another."""
         start = time.perf_counter()
         proc = subprocess.Popen(
             self.argv,
+            cwd=cwd,
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -74,6 +77,7 @@ def commands(server: str, http: str, tree: Path | None) -> list[Command]:
         trees.insert(0, (str(tree), {"PYTHONPATH": str(tree)}))
     for name, env in trees:
         found += [Command(label, argv, name, stdin, env) for label, argv, stdin in chat_tui]
+    found.append(Command("python -c pass (the floor)", [sys.executable, "-c", "pass"], "-"))
     curl = shutil.which("curl")
     if curl is not None:
         body = json.dumps({"from": "bench", "text": "hello"})
@@ -94,12 +98,12 @@ def main(argv: list[str] | None = None) -> None:
             server, http = f"ws://127.0.0.1:{relay.port}", f"http://127.0.0.1:{relay.port}"
             todo = commands(server, http, args.tree)
             for command in todo:  # warm the page cache and .pyc files; not counted
-                command.run(env)
+                command.run(env, home)
                 command.walls.clear()
                 command.cpus.clear()
             for _ in range(args.runs):
                 for command in todo:
-                    command.run(env)
+                    command.run(env, home)
     print(f"median of {args.runs} runs each, interleaved; {os.cpu_count()} CPUs")
     print()
     print("| command | code | wall ms | CPU ms |")

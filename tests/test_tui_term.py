@@ -199,3 +199,18 @@ def test_send_rooms_and_plain_load_only_what_they_use(relay, room):
     assert modules_after(run("rooms")) == set()
     plain = run("--plain", "connect", room)
     assert modules_after(plain, stdin="hi\n") == {"asyncio", "websockets"}
+
+
+async def test_the_help_screen_lays_its_text_out(relay, room):
+    """The help box once showed only its border: the text was laid out at 0x0."""
+    from textual.widgets import Static
+
+    from tui.screens.help import HelpScreen
+
+    app = make_app(relay, [room])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f1")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+        await pilot.pause()
+        text = app.screen.query_one(Static)
+        assert text.size.width >= 60 and text.size.height >= 20

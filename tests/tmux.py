@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 CHAT_TUI = Path(sys.executable).with_name("chat-tui")
-WAIT = 10.0
+WAIT = 20.0  # a client starting on a loaded 2-core CI machine can take several seconds
 POLL = 0.05
 _sockets = itertools.count(1)
 
