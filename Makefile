@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean
+.PHONY: run demo test fuzz lint format bench soak clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -15,10 +15,18 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/chat-relay serve
 
+demo: $(STAMP)
+	$(BIN)/chat-relay demo
+
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
+
+# The property test of tests/test_fuzz.py at length (`make test` runs 150 examples).
+FUZZ_EXAMPLES ?= 5000
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q --timeout 3600 tests/test_fuzz.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -31,5 +39,9 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# About 10 minutes, not part of `make test`: docs/reliability.md has a run.
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
@@ -15,14 +14,18 @@ from starlette.routing import Mount, Route, Router, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from relay import announce
 from relay.connection import Connection
 from relay.core import Hub, PostError
 from relay.direct import Flusher
+from relay.login import account_routes, threaded_offload
+from relay.webclient import WebClient
 from shared import protocol as p
 
 log = logging.getLogger("relay.app")
 
-_POST_STATUS = {p.NAME_TAKEN: 409, p.TOO_LARGE: 413, p.RATE_LIMITED: 429}
+_POST_STATUS = {p.NAME_TAKEN: 409, p.TOO_LARGE: 413, p.RATE_LIMITED: 429, p.NOT_MEMBER: 403}
+_COUNT_DIGITS = 18
 
 
 class ChatEndpoint:
@@ -46,7 +49,7 @@ class ChatEndpoint:
         except ValueError as bad:
             await websocket.close(p.CLOSE_POLICY, str(bad))
             return
-        problem = p.room_error(room)
+        problem = p.room_error(room) or self.hub.refusal(params["token"], room)
         if problem is not None:
             await websocket.close(p.CLOSE_POLICY, problem)
             return
@@ -87,13 +90,17 @@ def _join_params(websocket: WebSocket, history: int) -> dict[str, Any]:
     }
 
 
-def create_app(hub: Hub) -> Router:
+def create_app(hub: Hub, key: str | None = None) -> Router:
+    hub.offload = threaded_offload
+
     async def healthz(request: Request) -> Response:
         return JSONResponse(
             {"status": "ok", "connections": len(hub.clients), "rooms": len(hub.rooms)}
         )
 
     async def rooms(request: Request) -> Response:
+        # Invite-only rooms are listed to their members only (identity token as for /chat).
+        visible = hub.registry.readable(list(hub.rooms), hub.subject_for(_token(request)))
         listing = [
             {
                 "room": room.name,
@@ -101,8 +108,10 @@ def create_app(hub: Hub) -> Router:
                 "connections": len(room.clients),
                 "topic": hub.store.topic(room.name),
                 "owner": hub.owner_name(room.name),
+                "private": hub.registry.is_private(room.name),
             }
             for room in sorted(hub.rooms.values(), key=lambda room: room.name)
+            if room.name in visible
         ]
         return JSONResponse({"rooms": listing})
 
@@ -113,19 +122,24 @@ def create_app(hub: Hub) -> Router:
             return _error(400, p.BAD_ROOM, problem)
         if request.method == "POST":
             return await _post(request, room)
+        if not hub.may_enter(room, hub.subject_for(_token(request))):
+            return _error(403, p.NOT_MEMBER, f"#{room} is invite-only: members only")
         try:
             before = _count(request.query_params, "before")
             limit = _count(request.query_params, "limit")
         except ValueError as bad:
             return _error(400, p.BAD_REQUEST, str(bad))
-        limit = min(limit or hub.limits.backlog, p.HISTORY_PAGE_MAX)
+        if limit == 0:
+            # The same rule as chat.v1 `history`: a page of nothing is a mistake, not a default.
+            return _error(400, p.BAD_REQUEST, "limit must be a positive integer")
+        limit = min(hub.limits.backlog if limit is None else limit, p.HISTORY_PAGE_MAX)
         epoch, seq = hub.store.room(room)
         page = hub.store.before(room, before, limit)
         return JSONResponse({"room": room, "epoch": epoch, "seq": seq, "messages": page})
 
     async def _post(request: Request, room: str) -> Response:
         try:
-            body = json.loads(await request.body())
+            body = p.parse(await request.body())
         except ValueError:
             return _error(400, p.BAD_JSON, "body is not valid JSON")
         if not isinstance(body, dict):
@@ -150,6 +164,9 @@ def create_app(hub: Hub) -> Router:
             Route("/rooms", rooms),
             Route("/rooms/{room}/messages", messages, methods=["GET", "POST"]),
             Route("/metrics", metrics),
+            *account_routes(hub),
+            Route("/announce", announce.endpoint(hub, key), methods=["POST"]),
+            Mount("/", WebClient()),
         ]
     )
     # The chat endpoint sits on a bare router, outside Starlette's exception middleware, so
@@ -157,12 +174,20 @@ def create_app(hub: Hub) -> Router:
     return Router(routes=[WebSocketRoute("/chat/{room}", ChatEndpoint(hub)), Mount("/", api)])
 
 
+def _token(request: Request) -> str | None:
+    """An identity token on an HTTP request: `?token=` or `X-Chat-Token` (Authorization is
+    the access key's)."""
+    return request.query_params.get("token") or request.headers.get("x-chat-token")
+
+
 def _count(query: QueryParams, field: str) -> int | None:
     raw = query.get(field)
     if raw is None or raw == "":
         return None
-    if not (raw.isascii() and raw.isdigit()):
-        raise ValueError(f"{field} must be a non-negative integer")
+    # A bound on digits keeps int() from failing on its own limit with a message longer than
+    # a close frame can carry.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > _COUNT_DIGITS:
+        raise ValueError(f"{field} must be a non-negative integer below 10^{_COUNT_DIGITS}")
     return int(raw)
 
 

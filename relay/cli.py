@@ -8,6 +8,8 @@ import os
 import resource
 import signal
 import socket
+import sqlite3
+import sys
 from importlib.metadata import version
 from pathlib import Path
 from types import ModuleType
@@ -17,12 +19,17 @@ import uvicorn
 from uvicorn.config import WS_PROTOCOLS
 from uvicorn.importer import import_from_string
 
+from relay import access, announce, demo, logs
+from relay.accounts import Registry
 from relay.app import create_app, drain
-from relay.core import Hub, Limits
+from relay.core import NAME_GRACE, Hub, Limits
 from relay.direct import write_path
+from relay.jwt_tokens import jwt_signer
+from relay.names import key
 from relay.sqlite_store import SQLiteStore
 from relay.store import MemoryStore, Store
-from relay.tokens import TokenSigner, load_secret
+from relay.tokens import load_secret
+from relay.webclient import how_to_connect
 from shared.xdg import state_home
 
 guarded: ModuleType | None
@@ -65,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
         ("db", str, None, "SQLite database (default: STATE_DIR/chat.db; :memory: keeps none)"),
         ("retain-messages", int, 0, "messages the database keeps per room (0: no cap)"),
         ("retain-days", float, 0.0, "days the database keeps a message (0: no limit)"),
+        ("name-grace", float, NAME_GRACE, "seconds a name stays its offline identity's"),
+        ("token-days", float, 90.0, "days a token stays valid unused (0: forever)"),
+        ("jwt-secret", str, None, "accept HS256 JWT identity tokens signed with this secret"),
+        ("jwt-public-key", Path, None, "accept RS256 JWT identity tokens (PEM public key file)"),
         ("max-connections", int, 0, "open sockets at most (0: what the fd limit allows)"),
         ("max-connections-per-address", int, 256, "open sockets per client address (0: no cap)"),
         ("handshake-timeout", float, 10.0, "seconds a request or handshake may take to arrive"),
@@ -77,6 +88,17 @@ def _parser() -> argparse.ArgumentParser:
         env = "CHAT_RELAY_" + flag.upper().replace("-", "_")
         value = os.environ.get(env, default)
         serve.add_argument(f"--{flag}", type=kind, default=value, help=f"{help_text} [{env}]")
+    access.add_arguments(serve)
+    tokens = commands.add_parser("tokens", help="manage identity tokens")
+    revoke = tokens.add_subparsers(dest="action", required=True).add_parser(
+        "revoke", help="refuse every token issued so far to NAME (it must log in again)"
+    )
+    revoke.add_argument("name", metavar="NAME")
+    state_env = os.environ.get("CHAT_RELAY_STATE_DIR", state_home("chat-relay"))
+    revoke.add_argument("--state-dir", type=Path, default=state_env, help="[CHAT_RELAY_STATE_DIR]")
+    revoke.add_argument("--db", default=os.environ.get("CHAT_RELAY_DB"), help="[CHAT_RELAY_DB]")
+    announce.add_parser(commands)
+    demo.add_parser(commands)
     return parser
 
 
@@ -89,10 +111,15 @@ class RelayServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        addresses: list[tuple[str, int]] = []
         for server in self.servers:
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]
-                print(f"chat relay on ws://{host}:{port}/chat/{{room}}", flush=True)
+                addresses.append((host, port))
+                scheme = "wss" if self.config.is_ssl else "ws"
+                print(f"chat relay on {scheme}://{host}:{port}/chat/{{room}}", flush=True)
+        if addresses:
+            print("\n".join(how_to_connect(*addresses[0])), flush=True)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -112,6 +139,12 @@ class RelayServer(uvicorn.Server):
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.command == "tokens":
+        sys.exit(_revoke(args))
+    if args.command == "announce":
+        raise SystemExit(announce.run(args))
+    if args.command == "demo":
+        raise SystemExit(demo.run(args))
     limits = Limits(
         max_message_bytes=args.max_message_bytes,
         rate=args.rate,
@@ -123,9 +156,18 @@ def main(argv: list[str] | None = None) -> None:
         address_rate=args.address_rate,
         address_burst=args.address_burst,
     )
-    signer = TokenSigner(load_secret(args.secret, args.state_dir))
+    signer = jwt_signer(
+        load_secret(args.secret, args.state_dir), args.jwt_secret, args.jwt_public_key
+    )
     store = _store(args, limits.history)
-    hub = Hub(store, signer, limits)
+    hub = Hub(
+        store,
+        signer,
+        limits,
+        name_grace=args.name_grace,
+        registry=_registry(args),
+        token_ttl=args.token_days * 86400,
+    )
     ws_protocol = import_from_string(WS_PROTOCOLS.get(args.ws, args.ws))
     # uvicorn's trace level wraps every `send` in a logger, hiding the protocol behind it.
     hub.metrics.write_path = write_path(ws_protocol, send_wrapped=args.log_level == "trace")
@@ -145,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         http_protocol, ws_protocol = guarded.protocols(guard, ws_protocol)
     config = uvicorn.Config(
-        create_app(hub),
+        access.AccessMiddleware(create_app(hub, args.key), access.policy_from(args)),
         host=args.host,
         port=args.port,
         http=http_protocol,
@@ -158,7 +200,10 @@ def main(argv: list[str] | None = None) -> None:
         log_level=args.log_level,
         access_log=False,
         backlog=4096,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
     )
+    logs.install()
     # uvicorn re-raises the stop signal after its graceful shutdown; with these handlers in
     # place that is a no-op, so a SIGTERM'd relay exits 0 after closing every socket.
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -167,6 +212,43 @@ def main(argv: list[str] | None = None) -> None:
         RelayServer(config, hub).run()
     finally:
         store.close()
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    """Bump the identity's token generation in accounts.db; a running relay reads it on login.
+
+    Connections already open stay until they reconnect (or the relay restarts).
+    """
+    registry = Registry(args.state_dir / "accounts.db")
+    try:
+        account = registry.account_named(args.name)
+        subject = account.subject if account is not None else _subject_in_store(args)
+        if subject is None:
+            print(f"chat-relay: nobody is called {args.name}", file=sys.stderr)
+            return 1
+        generation = registry.revoke(subject)
+    finally:
+        registry.close()
+    print(f"revoked every token of {args.name} (generation {generation})")
+    return 0
+
+
+def _subject_in_store(args: argparse.Namespace) -> str | None:
+    path = Path(args.db) if args.db else args.state_dir / "chat.db"
+    if not path.exists():
+        return None
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT subject FROM names WHERE folded = ?", (key(args.name),)).fetchone()
+    except sqlite3.Error:
+        row = None
+    finally:
+        db.close()
+    return None if row is None else str(row[0])
+
+
+def _registry(args: argparse.Namespace) -> Registry:
+    return Registry(None if args.db == ":memory:" else args.state_dir / "accounts.db")
 
 
 def _capacity(max_connections: int) -> int:

@@ -119,7 +119,7 @@ class Connection(Client):
     def close(self, code: int, reason: str, flush: bool) -> None:
         if self._closing is not None:
             return
-        self._closing = (code, reason)
+        self._closing = (code, p.close_reason(reason))
         if not flush:
             self._close_now()
             return

@@ -10,20 +10,21 @@ live event, so replay and live stream meet without a gap or a duplicate.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from coolname import generate_slug
 
+from relay.accounts import Account, Registry, new_account, password_problem
 from relay.metrics import Metrics
+from relay.names import key, name_problem
 from relay.ratelimit import TokenBucket
 from relay.store import Store
-from relay.tokens import TokenSigner, new_subject
+from relay.tokens import Claims, TokenSigner, new_subject
 from shared import protocol as p
 from shared.protocol import Event
 
@@ -37,6 +38,11 @@ PLAIN_HELP = (
 READ_COST = 0.2  # of a message's rate budget
 CID_TTL = 300.0
 CID_KEEP = 256
+# How long an unregistered identity keeps its name after its last connection closes.
+NAME_GRACE = 30 * 86400.0
+
+T = TypeVar("T")
+Offload = Callable[[Callable[[], Any], Callable[[Any], None]], None]
 
 # DM consent between two identities, kept in the store.
 PENDING = "pending"
@@ -162,11 +168,21 @@ class Hub:
         signer: TokenSigner,
         limits: Limits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        name_grace: float = NAME_GRACE,
+        registry: Registry | None = None,
+        token_ttl: float = 0.0,
     ) -> None:
         self.store = store
         self.signer = signer
         self.limits = limits or Limits()
         self.clock = clock
+        self.name_grace = name_grace
+        self.registry = registry or Registry(None)
+        self.token_ttl = token_ttl
+        # Runs slow work (password hashing) and hands its result back on the hub's thread;
+        # the WebSocket layer replaces it with a worker thread.
+        self.offload: Offload = _inline
+        self._registering: set[str] = set()
         self.metrics = Metrics()
         self.rooms: dict[str, Room] = {}
         self.clients: set[Client] = set()
@@ -174,6 +190,10 @@ class Hub:
         self._names: dict[str, User] = {}
         self._answering: dict[str, str] = {}
         self._parked_cids: dict[str, tuple[float, dict[str, tuple[float, Event]]]] = {}
+        # When identities that hold a name went offline, in that order; an identity not here
+        # is taken to have left when the relay started (names survive restarts for a grace).
+        self._left_at: dict[str, float] = {}
+        self._started = clock()
         self._ids = itertools.count(1)
         limits = self.limits
         self._address_rate = (
@@ -241,7 +261,7 @@ class Hub:
             "type": "welcome",
             "room": room.name,
             "you": user.name,
-            "token": self.signer.issue(user.subject, user.name),
+            "token": self.issue_token(user.subject, user.name),
             "members": room.member_names(also=user),
             "seq": seq,
             "epoch": epoch_now,
@@ -249,6 +269,7 @@ class Hub:
             "owner": self.owner_name(room.name),
             "topic": self.store.topic(room.name),
             "read": self.store.read_marker(room.name, user.subject),
+            "private": self.registry.is_private(room.name),
         }
         count = self.limits.backlog if backlog is None else max(0, backlog)
         replay: list[Event] | None = None
@@ -263,15 +284,71 @@ class Hub:
         events += [Outgoing({**message, "replay": True}, None) for message in replay]
         client.preload(events)
 
-    def _login(self, token: str | None) -> User:
-        claims = self.signer.verify(token) if token else None
+    def issue_token(self, subject: str, name: str) -> str:
+        return self.signer.issue(subject, name, self.registry.generation(subject))
+
+    def refusal(self, token: str | None, room: str | None = None) -> str | None:
+        """Why a connection presenting `token` may not log in (or enter `room`), or None.
+
+        Checked before joining: a revoked token, or an expired one of a registered identity,
+        must log in again with its password; an expired anonymous one just starts afresh.
+        An invite-only room admits its members only.
+        """
+        rejection = self.signer.rejection(token) if token else None
+        if rejection is not None:
+            return rejection
+        claims = self.signer.claims(token) if token else None
         if claims is not None:
-            subject, token_name = claims
+            if self._revoked(claims):
+                return "token revoked: log in again"
+            if self._expired(claims.issued) and self.registry.account(claims.subject):
+                return "token expired: log in again"
+        if room is not None and not self.may_enter(room, self.subject_for(token)):
+            return f"#{room} is invite-only: ask its owner to /invite you"
+        return None
+
+    def subject_for(self, token: str | None) -> str | None:
+        """The identity a token proves, if it is valid, unexpired and not revoked."""
+        claims = self.signer.claims(token) if token else None
+        if claims is None or self._expired(claims.issued) or self._revoked(claims):
+            return None
+        return claims.subject
+
+    def _revoked(self, claims: Claims) -> bool:
+        return claims.revocable and claims.generation < self.registry.generation(claims.subject)
+
+    def may_enter(self, room: str, subject: str | None) -> bool:
+        if not self.registry.is_private(room):
+            return True
+        return subject is not None and self.registry.is_member(room, subject)
+
+    def _expired(self, issued: float) -> bool:
+        return self.token_ttl > 0 and time.time() - issued > self.token_ttl
+
+    def _login(self, token: str | None) -> User:
+        claims = self.signer.claims(token) if token else None
+        if claims is not None and self._expired(claims.issued):
+            claims = None
+        if claims is not None:
+            subject, token_name = claims.subject, claims.name
             user = self._users.get(subject)
             if user is not None:
                 return user
+            account = self.registry.account(subject)
             name = self.store.identity_name(subject) or token_name
-            if self._names.get(name.casefold()) is not None:
+            if account is not None:
+                name = account.name
+            # Another identity may have taken the name (after the grace period) while this one
+            # was away: the store's name→identity row decides, so one name is one identity.
+            holder = self._names.get(key(name))
+            owner = self.store.subject_of(name)
+            registered = self.registry.account_named(name)
+            if account is None and (
+                name_problem(name) is not None
+                or (holder is not None and holder.subject != subject)
+                or owner not in (None, subject)
+                or registered is not None
+            ):
                 name = self._fresh_name()
         else:
             subject, name = new_subject(), self._fresh_name()
@@ -279,16 +356,38 @@ class Hub:
         parked = self._parked_cids.pop(subject, None)
         if parked is not None:
             user.cids = parked[1]
+        self._left_at.pop(subject, None)
         self._users[subject] = user
-        self._names[name.casefold()] = user
+        self._names[key(name)] = user
         self.store.set_identity_name(subject, name)
         return user
 
     def _fresh_name(self) -> str:
+        """A random name nobody known to the store has, online or not."""
         while True:
             name = generate_slug(2)
-            if len(name) <= p.NAME_MAX and name.casefold() not in self._names:
+            fresh = name_problem(name) is None and key(name) not in self._names
+            unknown = fresh and self.store.subject_of(name) is None
+            if unknown and self.registry.account_named(name) is None:
                 return name
+
+    def _reserved_for_other(self, name: str, subject: str) -> bool:
+        """Whether `name` (or a look-alike) belongs to another identity than `subject`.
+
+        A name is its identity's while it is connected and for `name_grace` after; later
+        another identity may take it, and the old one gets a fresh name when it returns.
+        A registered name is its identity's for good.
+        """
+        account = self.registry.account_named(name)
+        if account is not None:
+            return account.subject != subject
+        holder = self._names.get(key(name))
+        if holder is not None:
+            return holder.subject != subject
+        owner = self.store.subject_of(name)
+        if owner is None or owner == subject:
+            return False
+        return self.clock() - self._left_at.get(owner, self._started) < self.name_grace
 
     def leave(self, client: Client) -> None:
         """Forget `client`; the user leaves the room with its last connection there."""
@@ -316,12 +415,18 @@ class Hub:
         if user.clients:
             return
         self._users.pop(user.subject, None)
-        if self._names.get(user.name.casefold()) is user:
-            del self._names[user.name.casefold()]
+        if self._names.get(key(user.name)) is user:
+            del self._names[key(user.name)]
+        now = self.clock()
+        self._left_at[user.subject] = now
+        while self._left_at:
+            subject, left_at = next(iter(self._left_at.items()))
+            if now - left_at < self.name_grace:
+                break
+            del self._left_at[subject]
         # A client that lost its only connection retries with the same cids after it comes
         # back: keep them for the dedupe window. Parked in logout order, so expiry is a pop
         # from the front.
-        now = self.clock()
         if user.cids:
             self._parked_cids[user.subject] = (now, user.cids)
         while self._parked_cids:
@@ -338,18 +443,19 @@ class Hub:
             return
         if not client.json:
             if self._admit(client):
-                self._plain_line(client, text)
+                self._plain_line(client, _strip_line_break(text))
             return
         try:
-            request = json.loads(text)
+            request = p.parse(text)
         except ValueError:
             request = None
         kind = request.get("type") if isinstance(request, dict) else None
+        problem = _fields_problem(request) if isinstance(request, dict) else None
         # Errors name the request they answer (a refusal for the rate too), so a client can
-        # tell which of several it was.
+        # tell which of several it was; a cid that failed the field check is not echoed.
         if isinstance(request, dict) and isinstance(kind, str) and kind in self._handlers:
             self._answering = {"request": kind}
-            if isinstance(request.get("cid"), str):
+            if problem is None and isinstance(request.get("cid"), str):
                 self._answering["cid"] = request["cid"]
         try:
             # Read markers are cheap, not free: a client sends them on its own, so five of them
@@ -363,6 +469,9 @@ class Hub:
                 return
             if not isinstance(request, dict):
                 self._error(client, p.BAD_JSON, "frame must be a JSON object")
+                return
+            if problem is not None:
+                self._error(client, p.BAD_TEXT, problem)
                 return
             handler = self._handlers.get(kind) if isinstance(kind, str) else None
             if handler is None:
@@ -403,7 +512,10 @@ class Hub:
             "close": {"type": "close"},
         }
         request = requests.get(name.lower())
-        if request is not None:
+        problem = None if request is None else _fields_problem(request)
+        if problem is not None:
+            self._error(client, p.BAD_TEXT, problem)
+        elif request is not None:
             self._handle(client, self._handlers[request["type"]], request)
         elif name.lower() == "help":
             self._send(client, Outgoing({"type": "help"}, PLAIN_HELP))
@@ -470,7 +582,7 @@ class Hub:
         message = self._message(room.name, user.name, text, cid=cid)
         if cid is not None:
             user.cids[cid] = (self.clock(), message)
-        self._fanout(room, Outgoing(message, f"{user.name} :: {text}"))
+        self._fanout(room, Outgoing(message, _plain(f"{user.name} :: ", text)))
 
     def _message(self, room: str, sender: str, text: str, **extra: str | None) -> Event:
         """A new room message, numbered and kept in the room's history; None extras are left out."""
@@ -505,7 +617,10 @@ class Hub:
         return problem is None
 
     def _text_problem(self, text: str, allow_empty: bool = False) -> tuple[str, str] | None:
-        """(code, detail) when `text` cannot be posted: blank, or over the size limit."""
+        """(code, detail) when `text` cannot be posted: not text, blank, or over the size limit."""
+        problem = p.text_error(text)
+        if problem is not None:
+            return p.BAD_TEXT, problem
         limit = self.limits.max_message_bytes
         if not allow_empty and not text.strip():
             return p.EMPTY, "message text is empty"
@@ -517,25 +632,93 @@ class Hub:
         user = client.user
         assert user is not None
         new = _text(request, "name")
-        problem = p.name_error(new)
+        if self.registry.account(user.subject) is not None:
+            self._error(client, p.REGISTERED, "a registered name is your login: it cannot change")
+            return
+        problem = name_problem(new)
         if problem is not None:
             self._error(client, p.BAD_NAME, problem)
             return
-        holder = self._names.get(new.casefold())
-        if holder is not None and holder is not user:
-            self._error(client, p.NAME_TAKEN, f"{new} is already taken")
+        if self._reserved_for_other(new, user.subject):
+            self._error(
+                client, p.NAME_TAKEN, f"{new} is already taken (or looks like a name that is)"
+            )
             return
         old = user.name
         if new == old:
             return
-        del self._names[old.casefold()]
-        self._names[new.casefold()] = user
+        del self._names[key(old)]
+        self._names[key(new)] = user
         user.name = new
         self.store.set_identity_name(user.subject, new)
         ts = p.now_rfc3339()
         for room in {c.room for c in list(user.clients) if c.room is not None}:
             event = {"type": "nick", "room": room.name, "old": old, "new": new, "ts": ts}
             self._fanout(room, Outgoing(event, f"{old} :: is now known as {new}"))
+
+    def _on_register(self, client: Client, request: Event) -> None:
+        user = client.user
+        assert user is not None
+        password = _text(request, "password")
+        problem = password_problem(password)
+        if problem is not None:
+            self._error(client, p.BAD_PASSWORD, problem)
+            return
+        if self.registry.account(user.subject) is not None or user.subject in self._registering:
+            self._error(client, p.REGISTERED, f"{user.name} is already registered")
+            return
+        subject, name, answering = user.subject, user.name, self._answering
+        # One hash at a time per identity: a client repeating `register` costs one, not many.
+        self._registering.add(subject)
+
+        def done(account: Account) -> None:
+            self._registering.discard(subject)
+            self._answering = answering
+            try:
+                problem = self.add_account(account)
+                if problem is not None and client.room is not None:
+                    self._error(client, p.NAME_TAKEN, problem)
+            finally:
+                self._answering = {}
+
+        self.offload(lambda: new_account(subject, name, password), done)
+
+    def add_account(self, account: Account) -> str | None:
+        """Keep a freshly hashed account; why not when something changed while hashing."""
+        subject, current = account.subject, self._users.get(account.subject)
+        name = current.name if current is not None else self.store.identity_name(subject)
+        name = name or account.name
+        if name != account.name:
+            return f"you are called {name} now; register again"
+        if current is None and (
+            name_problem(name) is not None
+            or self._reserved_for_other(name, subject)
+            or self.store.subject_of(name) not in (None, subject)
+        ):
+            return f"{name} is already taken (or looks like a name that is)"
+        if self.registry.account(subject) is not None:
+            return f"{name} is already registered"
+        if current is None:
+            self.store.set_identity_name(subject, name)
+        self.registry.add(account)
+        if current is not None:
+            event = {"type": "registered", "name": name}
+            self._deliver_all(
+                current.clients,
+                Outgoing({**event, "token": self.issue_token(account.subject, name)}, None),
+            )
+        return None
+
+    def _on_logout_everywhere(self, client: Client, request: Event) -> None:
+        user = client.user
+        assert user is not None
+        if self.registry.account(user.subject) is None:
+            self._error(client, p.NOT_REGISTERED, "register first: you could not log in again")
+            return
+        self.registry.revoke(user.subject)
+        for connection in list(user.clients):
+            self.leave(connection)
+            connection.close(p.CLOSE_POLICY, "logged out everywhere: log in again", flush=True)
 
     def _on_dm(self, client: Client, request: Event) -> None:
         sender = client.user
@@ -636,7 +819,7 @@ class Hub:
                 self.store.drop_dms(user.subject, requester)
 
     def _subject_of(self, name: str) -> str | None:
-        user = self._names.get(name.casefold())
+        user = self._names.get(key(name))
         return user.subject if user is not None else self.store.subject_of(name)
 
     def _name_of(self, subject: str) -> str:
@@ -661,7 +844,9 @@ class Hub:
             raise _BadRequest("'before' must be an integer seq")
         if not _is_int(limit) or limit < 1:
             raise _BadRequest("'limit' must be a positive integer")
-        messages = self.store.before(room.name, before, min(limit, p.HISTORY_PAGE_MAX))
+        # Within what any store can hold (SQLite integers are 64-bit); the reply names the request.
+        upto = None if before is None else max(0, min(before, self.store.room(room.name)[1] + 1))
+        messages = self.store.before(room.name, upto, min(limit, p.HISTORY_PAGE_MAX))
         reply = {
             "type": "history",
             "room": room.name,
@@ -708,7 +893,8 @@ class Hub:
         self.store.set_topic(room.name, topic)
         ts = p.now_rfc3339()
         event = {"type": "topic", "room": room.name, "topic": topic, "by": user.name, "ts": ts}
-        self._fanout(room, Outgoing(event, f"{user.name} :: set the topic: {topic}"))
+        plain = _plain(f"{user.name} :: ", topic, first="set the topic: ")
+        self._fanout(room, Outgoing(event, plain))
 
     def _on_kick(self, client: Client, request: Event) -> None:
         room, user = client.room, client.user
@@ -716,10 +902,12 @@ class Hub:
         name = _text(request, "name")
         if not self._owns(client):
             return
-        target = self._names.get(name.casefold())
+        target = self._names.get(key(name))
         if target is None or target not in room.users:
             self._error(client, p.NO_SUCH_USER, f"nobody called {name} is in this room")
             return
+        # In an invite-only room a kick also takes the membership away: a ban, not a timeout.
+        self.registry.remove_member(room.name, target.subject)
         ts = p.now_rfc3339()
         event = {"type": "kick", "room": room.name, "name": target.name, "by": user.name, "ts": ts}
         self._fanout(room, Outgoing(event, f"{target.name} :: was kicked by {user.name}"))
@@ -743,6 +931,88 @@ class Hub:
             self._logout_if_gone(member.user)
             member.close(p.CLOSE_ROOM_CLOSED, f"room closed by {user.name}", flush=True)
         self.store.delete_room(room.name)
+        self.registry.set_private(room.name, False, set())
+
+    def _on_private(self, client: Client, request: Event) -> None:
+        room, user = client.room, client.user
+        assert room is not None and user is not None
+        private = request.get("private")
+        if not isinstance(private, bool):
+            raise _BadRequest("'private' must be true or false")
+        if not self._owns(client):
+            return
+        # Whoever is in the room when it closes its doors stays in.
+        self.registry.set_private(room.name, private, {member.subject for member in room.users})
+        what = "made the room invite-only" if private else "opened the room to everyone"
+        event = {"type": "private", "room": room.name, "private": private, "by": user.name}
+        self._fanout(room, Outgoing({**event, "ts": p.now_rfc3339()}, f"{user.name} :: {what}"))
+
+    def _member_target(self, client: Client, request: Event) -> tuple[str, str] | None:
+        """(subject, name) of the identity an owner's invite/remove/owner request names."""
+        name = _text(request, "name")
+        if not self._owns(client):
+            return None
+        subject = self._subject_of(name)
+        if subject is None:
+            self._error(client, p.NO_SUCH_USER, f"nobody has ever been called {name}")
+            return None
+        return subject, self._name_of(subject)
+
+    def _on_invite(self, client: Client, request: Event) -> None:
+        room, user = client.room, client.user
+        assert room is not None and user is not None
+        target = self._member_target(client, request)
+        if target is None:
+            return
+        if not self.registry.is_private(room.name):
+            raise _BadRequest("the room is open to everyone; /private on first")
+        subject, name = target
+        self.registry.add_member(room.name, subject)
+        event = {"type": "invited", "room": room.name, "name": name, "by": user.name}
+        outgoing = Outgoing(
+            {**event, "ts": p.now_rfc3339()}, f"{name} :: was invited by {user.name}"
+        )
+        self._fanout(room, outgoing)
+        invitee = self._users.get(subject)
+        if invitee is not None:
+            self._deliver_all({c for c in invitee.clients if c.room is not room}, outgoing)
+
+    def _on_remove(self, client: Client, request: Event) -> None:
+        room, user = client.room, client.user
+        assert room is not None and user is not None
+        target = self._member_target(client, request)
+        if target is None:
+            return
+        subject, name = target
+        if not self.registry.is_private(room.name):
+            raise _BadRequest("the room is open to everyone: /kick instead")
+        if subject == user.subject:
+            raise _BadRequest("the owner cannot remove itself; hand the room over first")
+        self.registry.remove_member(room.name, subject)
+        event = {"type": "removed", "room": room.name, "name": name, "by": user.name}
+        self._fanout(
+            room,
+            Outgoing({**event, "ts": p.now_rfc3339()}, f"{name} :: was removed by {user.name}"),
+        )
+        removed = self._users.get(subject)
+        for gone in [c for c in removed.clients if c.room is room] if removed else []:
+            self.leave(gone)
+            gone.close(p.CLOSE_KICKED, f"removed from #{room.name} by {user.name}", flush=True)
+
+    def _on_owner(self, client: Client, request: Event) -> None:
+        room, user = client.room, client.user
+        assert room is not None and user is not None
+        target = self._member_target(client, request)
+        if target is None:
+            return
+        subject, name = target
+        if self.registry.is_private(room.name):
+            self.registry.add_member(room.name, subject)
+        self.store.set_owner(room.name, subject)
+        event = {"type": "owner", "room": room.name, "owner": name, "by": user.name}
+        self._fanout(
+            room, Outgoing({**event, "ts": p.now_rfc3339()}, f"{name} :: now owns the room")
+        )
 
     def owner_name(self, room: str) -> str | None:
         subject = self.store.owner(room)
@@ -760,6 +1030,12 @@ class Hub:
         "topic": _on_topic,
         "kick": _on_kick,
         "close": _on_close,
+        "register": _on_register,
+        "private": _on_private,
+        "invite": _on_invite,
+        "remove": _on_remove,
+        "owner": _on_owner,
+        "logout_everywhere": _on_logout_everywhere,
     }
 
     # -- HTTP -----------------------------------------------------------------------------------
@@ -771,19 +1047,39 @@ class Hub:
         problem = p.room_error(room_name)
         if problem is not None:
             raise PostError(p.BAD_ROOM, problem)
-        problem = p.name_error(sender)
+        problem = name_problem(sender)
         if problem is not None:
             raise PostError(p.BAD_NAME, problem)
-        if sender.casefold() in self._names:
-            raise PostError(p.NAME_TAKEN, f"{sender} is a connected user's name")
+        if self.registry.is_private(room_name):
+            raise PostError(p.NOT_MEMBER, f"#{room_name} is invite-only: no posts over HTTP")
+        # Any identity's name, online or not, or a look-alike of one: a script is not a user.
+        taken = key(sender) in self._names or self.store.subject_of(sender) is not None
+        if taken or self.registry.account_named(sender) is not None:
+            raise PostError(p.NAME_TAKEN, f"{sender} is a user's name (or looks like one)")
         text_problem = self._text_problem(text)
         if text_problem is not None:
             raise PostError(*text_problem)
         message = self._message(room_name, sender, text, via="http")
         room = self.rooms.get(room_name)
         if room is not None:
-            self._fanout(room, Outgoing(message, f"{sender} :: {text}"))
+            self._fanout(room, Outgoing(message, _plain(f"{sender} (via http) :: ", text)))
         return message
+
+    def announce(self, text: str) -> tuple[Event, int]:
+        """An operator's notice to every live room; raises `PostError` when refused.
+
+        Not a room message: it takes no seq and is kept nowhere, so it reaches who is connected
+        now. The event and the number of rooms it went to are returned.
+        """
+        problem = self._text_problem(text)
+        if problem is not None:
+            raise PostError(*problem)
+        notice: Event = {"type": "announce", "id": self._next_id(), "ts": p.now_rfc3339()}
+        rooms = list(self.rooms.values())
+        for room in rooms:
+            event = {**notice, "room": room.name, "text": text}
+            self._fanout(room, Outgoing(event, f"* announcement: {text}"))
+        return {**notice, "text": text}, len(rooms)
 
     # -- shutdown -------------------------------------------------------------------------------
 
@@ -850,6 +1146,10 @@ class Hub:
         return len(self._users)
 
 
+def _inline(work: Callable[[], T], done: Callable[[T], None]) -> None:
+    done(work())
+
+
 class PostError(Exception):
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(detail)
@@ -862,13 +1162,46 @@ class _BadRequest(Exception):
 
 
 def _dm(event: Event) -> Outgoing:
-    return Outgoing(event, f"{event['from']} -> {event['to']} :: {event['text']}")
+    return Outgoing(event, _plain(f"{event['from']} -> {event['to']} :: ", event["text"]))
+
+
+def _plain(prefix: str, text: str, first: str = "") -> str:
+    """The plain form of user text: every line starts with `prefix`, naming who wrote it.
+
+    Without it, a newline in the text would let its author show plain clients a line that
+    seems to come from someone else, or from the relay. Built once per event.
+    """
+    if "\n" in text:
+        text = text.replace("\n", "\n" + prefix)
+    return prefix + first + text
+
+
+def _strip_line_break(text: str) -> str:
+    """A plain frame without the line break that line-oriented clients (websocat) end it with."""
+    if text.endswith("\n"):
+        return text[:-2] if text.endswith("\r\n") else text[:-1]
+    return text
 
 
 def _dm_request(sender: str) -> Outgoing:
     request = {"type": "dm_request", "from": sender, "ts": p.now_rfc3339()}
     plain = f"{sender} -> you :: wants to send you private messages (/accept {sender})"
     return Outgoing(request, plain)
+
+
+def _fields_problem(request: Event) -> str | None:
+    """Why a string field other than `text` cannot be taken, or None.
+
+    Any field may be echoed back (a cid, a name in an error's detail), so all are checked
+    here, once per request. `text` is left to `Hub._text_problem`, which every handler that
+    uses it runs anyway.
+    """
+    for field, value in request.items():
+        if field != "text" and isinstance(value, str):
+            problem = p.text_error(value)
+            if problem is not None:
+                return f"{field!r}: {problem}"[:200]
+    return None
 
 
 def _is_int(value: object) -> bool:

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from relay.names import key as name_key
 from relay.store import Store
 from shared import protocol as p
 from shared.protocol import Event
@@ -76,6 +77,8 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (room, subject)
     ) WITHOUT ROWID;
     """,
+    # Names are indexed by their look-alike key (relay.names.key), no longer by casefold.
+    "UPDATE OR REPLACE names SET folded = name_key(folded);",
 )
 
 Op = tuple[Any, ...]
@@ -305,17 +308,18 @@ class SQLiteStore(Store):
 
     def set_identity_name(self, subject: str, name: str) -> None:
         old = self.identity_name(subject)
-        if old == name:
+        # The same name may still point at another identity that took it meanwhile.
+        if old == name and self.subject_of(name) == subject:
             return
         freed = old if old is not None and self.subject_of(old) == subject else None
-        self._submit(("i", subject, name, None if old is None else old.casefold()))
+        self._submit(("i", subject, name, None if old is None else name_key(old)))
         if freed is not None:
-            self._subjects.put(freed.casefold(), None, self._submitted)
+            self._subjects.put(name_key(freed), None, self._submitted)
         self._names.put(subject, name, self._submitted)
-        self._subjects.put(name.casefold(), subject, self._submitted)
+        self._subjects.put(name_key(name), subject, self._submitted)
 
     def subject_of(self, name: str) -> str | None:
-        folded = name.casefold()
+        folded = name_key(name)
         return self._subjects.get(
             folded,
             lambda: _first(
@@ -600,7 +604,7 @@ def _write_op(db: sqlite3.Connection, op: Op) -> None:
         db.execute("INSERT OR REPLACE INTO identities VALUES (?, ?)", (key, op[2]))
         if op[3] is not None:
             db.execute("DELETE FROM names WHERE folded = ? AND subject = ?", (op[3], key))
-        db.execute("INSERT OR REPLACE INTO names VALUES (?, ?)", (op[2].casefold(), key))
+        db.execute("INSERT OR REPLACE INTO names VALUES (?, ?)", (name_key(op[2]), key))
     elif kind == "h":
         db.execute(
             "INSERT INTO dms (recipient, sender, event) VALUES (?, ?, ?)",
@@ -633,6 +637,7 @@ def _insert(
 
 def _connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.create_function("name_key", 1, name_key, deterministic=True)
     db.execute("PRAGMA busy_timeout = 5000")
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = NORMAL")

@@ -11,6 +11,7 @@ import secrets
 from abc import ABC, abstractmethod
 from collections import deque
 
+from relay.names import key
 from shared.protocol import Event
 
 
@@ -63,7 +64,7 @@ class Store(ABC):
 
     @abstractmethod
     def subject_of(self, name: str) -> str | None:
-        """The identity that last held `name` (compared case-insensitively), if any."""
+        """The identity that holds `name` or a look-alike of it (see `relay.names.key`), if any."""
 
     @abstractmethod
     def hold_dm(self, to: str, sender: str, event: Event) -> None:
@@ -187,13 +188,13 @@ class MemoryStore(Store):
 
     def set_identity_name(self, subject: str, name: str) -> None:
         old = self._names.get(subject)
-        if old is not None and self._subjects.get(old.casefold()) == subject:
-            del self._subjects[old.casefold()]
+        if old is not None and self._subjects.get(key(old)) == subject:
+            del self._subjects[key(old)]
         self._names[subject] = name
-        self._subjects[name.casefold()] = subject
+        self._subjects[key(name)] = subject
 
     def subject_of(self, name: str) -> str | None:
-        return self._subjects.get(name.casefold())
+        return self._subjects.get(key(name))
 
     def hold_dm(self, to: str, sender: str, event: Event) -> None:
         self._dms.setdefault(to, []).append((sender, event))

@@ -22,12 +22,13 @@ _SEQUENCE = re.compile(
     """,
     re.VERBOSE,
 )
-# Remaining C0 controls (tab and newline are kept), DEL and C1 controls.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Remaining C0 controls (tab and newline are kept), DEL and C1 controls, and the bidi
+# embeddings, overrides and isolates that make text display in another order than it reads.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def clean(text: str) -> str:
-    """Drop terminal control sequences and control characters, keep tabs and newlines."""
+    """Drop terminal control sequences, control and bidi characters; keep tabs and newlines."""
     if text.isprintable():
         return text
     return _CONTROL.sub("", _SEQUENCE.sub("", text))

@@ -20,7 +20,7 @@ import websockets
 
 from shared.protocol import SUBPROTOCOL, decode_frame
 
-_URL = re.compile(rb"ws://([\d.]+):(\d+)/chat/")
+_URL = re.compile(rb"wss?://([\d.]+):(\d+)/chat/")
 START_TIMEOUT = 20.0
 
 T = TypeVar("T")

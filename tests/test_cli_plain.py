@@ -81,7 +81,10 @@ async def test_commands_and_sanitized_output(relay, room, tmp_path):
         )
     )
     await other.expect("nick", new="plain-bot", timeout=TIMEOUT)
-    await other.send(type="say", text="evil\x1b]52;c;ZXZpbA==\x07 [@click=app.quit]x[/]")
+    # The relay refuses escape sequences at the door (tests/test_input.py); markup gets through.
+    await other.send(type="say", text="evil\x1b]52;c;ZXZpbA==\x07")
+    assert (await other.expect("error"))["code"] == "bad_text"
+    await other.send(type="say", text="evil [@click=app.quit]x[/]")
     result = await task
     assert result.returncode == 0, result.stderr
     assert f"{other.welcome['you']} :: evil [@click=app.quit]x[/]" in result.stdout

@@ -88,7 +88,7 @@ async def test_post_fans_out_to_json_and_plain(
         assert posted["via"] == "http" and posted["seq"] == 1 and posted["id"]
         event = await alice.expect("message")
         assert event == posted
-        assert await asyncio.wait_for(plain.recv(), 5) == "deploy-bot :: v1.2 is live"
+        assert await asyncio.wait_for(plain.recv(), 5) == "deploy-bot (via http) :: v1.2 is live"
     await alice.close()
 
 
@@ -116,7 +116,9 @@ async def test_post_refused(
 
 
 async def test_post_invalid_json_body(http: httpx.AsyncClient, room: str) -> None:
-    response = await http.post(f"/rooms/{room}/messages", content=b"{oops")
+    response = await http.post(
+        f"/rooms/{room}/messages", content=b"{oops", headers={"Content-Type": "application/json"}
+    )
     assert (response.status_code, response.json()["error"]) == (400, "bad_json")
 
 

@@ -11,12 +11,14 @@ Textual, asyncio and websockets would cost them several times the request itself
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
 
 from shared.protocol import room_error
 from shared.sanitize import one_line
+from tui import access
 from tui.client.server import ServerError, server_url
 from tui.config import Config, ConfigError, profile_error, state_dir
 
@@ -39,6 +41,8 @@ def _common() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="keep identity and history apart under this name (another user on this machine)",
     )
+    add("--key", default=argparse.SUPPRESS, help="the relay's access key [CHAT_TUI_KEY]")
+    add("--ca-file", default=argparse.SUPPRESS, help="CA certificates (PEM) for wss://")
     return common
 
 
@@ -61,6 +65,16 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("room", metavar="ROOM")
     send.add_argument("text", metavar="TEXT")
     send.add_argument("--from", dest="sender", default="chat-tui", help="sender name")
+    log_in = commands.add_parser(
+        "login", parents=[common], help="become a registered user on this device"
+    )
+    log_in.add_argument("name", metavar="NAME")
+    sign_up = commands.add_parser(
+        "register",
+        parents=[common],
+        help="claim your name (or NAME, as a new user) with a password",
+    )
+    sign_up.add_argument("--name", help="register a new identity with this name")
     return parser
 
 
@@ -80,10 +94,15 @@ def main(argv: list[str] | None = None) -> None:
     profile = getattr(args, "profile", None)
     if profile is not None and (problem := profile_error(profile)):
         _fail(f"--profile {profile!r}: {problem}", EXIT_USAGE)
+    config.key = getattr(args, "key", None) or os.environ.get("CHAT_TUI_KEY") or config.key
+    config.ca_file = getattr(args, "ca_file", None) or config.ca_file
+    access.configure(access.ClientAccess(config.key, config.ca_file))
     if args.command == "rooms":
         sys.exit(_rooms(config))
     if args.command == "send":
         sys.exit(_send(config, args.room, args.sender, args.text))
+    if args.command in ("login", "register"):
+        sys.exit(_account(config, args, state_dir(profile)))
     for room in args.rooms:
         problem = room_error(room)
         if problem:
@@ -146,6 +165,37 @@ def _send(config: Config, room: str, sender: str, text: str) -> int:
     except ApiError as error:
         _fail(str(error), EXIT_FAILED)
     print(f"sent #{one_line(room)} seq {one_line(str(message.get('seq')))}")
+    return EXIT_OK
+
+
+def _account(config: Config, args: argparse.Namespace, state: Path) -> int:
+    """`login`/`register`: the password from the terminal (not echoed) or one line of stdin."""
+    import getpass
+
+    from tui.http_api import ApiError, login_now, register_now
+    from tui.state import TokenStore
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    tokens = TokenStore(state / "identity.json")
+    try:
+        if args.command == "login":
+            answer = login_now(config.http_base, args.name, password)
+        else:
+            token = None if args.name else tokens.get(config.server)
+            if token is None and not args.name:
+                _fail("no identity yet: connect once, or give --name NAME", EXIT_USAGE)
+            answer = register_now(config.http_base, password, token, args.name)
+    except ApiError as error:
+        _fail(str(error), EXIT_FAILED)
+    token, name = answer.get("token"), answer.get("name")
+    if not isinstance(token, str):
+        _fail("the relay sent no token", EXIT_FAILED)
+    tokens.put(config.server, token)
+    verb = "logged in" if args.command == "login" else "registered"
+    print(f"{verb} as {one_line(str(name))}; token saved in {tokens.path}")
     return EXIT_OK
 
 

@@ -56,6 +56,9 @@ class Config:
     backlog: int = 50
     reconnect_max_seconds: float = 30.0
     keymap: dict[str, str] = field(default_factory=dict)
+    # Access key of a relay run with --key, and a private CA's certificates for wss://.
+    key: str = ""
+    ca_file: str = ""
 
     @classmethod
     def load(cls, path: Path | None = None) -> Config:

@@ -1,4 +1,4 @@
-"""The relay's HTTP API, for `/rooms`, `chat-tui rooms` and `chat-tui send`.
+"""The relay's HTTP API, for `/rooms` and the `rooms`, `send`, `login` and `register` commands.
 
 Built on the standard library's `http.client`: `chat-tui send` runs once per message from
 scripts, and an HTTP client library (httpx: 160-220 ms to import) cost more than the request.
@@ -13,6 +13,8 @@ import json
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from tui import access
+
 TIMEOUT = 10.0
 
 
@@ -20,8 +22,10 @@ class ApiError(Exception):
     """One line saying what went wrong; callers show it as is."""
 
 
-def rooms_now(base: str) -> list[dict[str, Any]]:
-    body = _request("GET", f"{base}/rooms")
+def rooms_now(base: str, token: str | None = None) -> list[dict[str, Any]]:
+    """Active rooms; with the identity token, also the invite-only rooms it is a member of."""
+    headers = {"X-Chat-Token": token} if token else {}
+    body = _request("GET", f"{base}/rooms", headers=headers)
     rooms = body.get("rooms")
     return [room for room in rooms if isinstance(room, dict)] if isinstance(rooms, list) else []
 
@@ -31,10 +35,19 @@ def post_now(base: str, room: str, sender: str, text: str) -> dict[str, Any]:
     return _request("POST", url, {"from": sender, "text": text})
 
 
-async def list_rooms(base: str) -> list[dict[str, Any]]:
+def login_now(base: str, name: str, password: str) -> dict[str, Any]:
+    return _request("POST", f"{base}/login", {"name": name, "password": password})
+
+
+def register_now(base: str, password: str, token: str | None, name: str | None) -> dict[str, Any]:
+    body = {"password": password, "token": token} if token else {"password": password, "name": name}
+    return _request("POST", f"{base}/register", body)
+
+
+async def list_rooms(base: str, token: str | None = None) -> list[dict[str, Any]]:
     import asyncio
 
-    return await asyncio.to_thread(rooms_now, base)
+    return await asyncio.to_thread(rooms_now, base, token)
 
 
 async def post_message(base: str, room: str, sender: str, text: str) -> dict[str, Any]:
@@ -43,7 +56,12 @@ async def post_message(base: str, room: str, sender: str, text: str) -> dict[str
     return await asyncio.to_thread(post_now, base, room, sender, text)
 
 
-def _request(method: str, url: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+def _request(
+    method: str,
+    url: str,
+    payload: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     parts = urlsplit(url)
     try:
         port = parts.port
@@ -51,13 +69,22 @@ def _request(method: str, url: str, payload: dict[str, Any] | None = None) -> di
         raise ApiError(f"{url}: bad port") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ApiError(f"{url}: not an http:// or https:// URL")
-    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    connection = kind(parts.hostname, port, timeout=TIMEOUT)
+    settings = access.current
+    connection: http.client.HTTPConnection
+    if parts.scheme == "https":
+        context = settings.ssl_context()
+        connection = http.client.HTTPSConnection(
+            parts.hostname, port, timeout=TIMEOUT, context=context
+        )
+    else:
+        connection = http.client.HTTPConnection(parts.hostname, port, timeout=TIMEOUT)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     body = None if payload is None else json.dumps(payload).encode()
-    headers = {} if body is None else {"Content-Type": "application/json"}
+    sent = {**settings.headers(), **(headers or {})}
+    if body is not None:
+        sent["Content-Type"] = "application/json"
     try:
-        connection.request(method, path, body=body, headers=headers)
+        connection.request(method, path, body=body, headers=sent)
         response = connection.getresponse()
         data = response.read()
     except ConnectionRefusedError:

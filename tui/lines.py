@@ -61,6 +61,13 @@ class LineFormatter:
         line.append("-- " + one_line(text), style="dim italic")
         return line
 
+    def announce(self, moment: datetime, text: str) -> Text:
+        """The relay operator's notice: unlike any user's line, so it cannot be faked by one."""
+        line = self._stamp(moment)
+        line.append(" announcement ", style="bold reverse yellow")
+        line.append(" " + clean(text).replace("\t", "    "), style="bold yellow")
+        return line
+
     def error(self, text: str) -> Text:
         return Text("!! " + one_line(text), style="bold red")
 

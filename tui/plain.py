@@ -16,9 +16,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TextIO
 
-from shared.protocol import Event
+from shared.protocol import Event, sender_label
 from shared.sanitize import one_line
-from tui.client.commands import CommandError, help_lines, is_command, literal, parse
+from tui.client.commands import (
+    REGISTER_HINT,
+    CommandError,
+    help_lines,
+    is_command,
+    literal,
+    parse,
+)
 from tui.client.events import describe
 from tui.client.link import Backoff, Identity, LinkFailed, RoomLink, State, Status
 from tui.config import Config
@@ -88,14 +95,15 @@ class PlainSession:
             # ASCII-escaped JSON, as the relay sent it: C1 controls in text stay inert.
             self._print(json.dumps(event))
         elif kind == "message":
-            self._print(f"{one_line(str(event.get('from')))} :: {one_line(str(event.get('text')))}")
+            self._print(f"{one_line(sender_label(event))} :: {one_line(str(event.get('text')))}")
         elif kind == "dm":
             sender, to = one_line(str(event.get("from"))), one_line(str(event.get("to")))
             self._print(f"{sender} -> {to} :: {one_line(str(event.get('text')))}")
         else:
             line = describe(event, request)
             if line is not None:
-                self._print(f"* {line}", system=True)
+                # The operator's announcement is for whoever reads the output, like a message.
+                self._print(f"* {line}", system=kind != "announce")
         if kind == "welcome":
             self._welcomed(event)
         elif kind == "error":
@@ -159,14 +167,17 @@ class PlainSession:
             self.link.send(request)
         elif command.name == "quit":
             return True
+        elif command.name == "register":
+            self._note(f"chat-tui: {REGISTER_HINT}")
         elif command.name == "help":
             for help_line in help_lines():
                 print(help_line, file=self.err, flush=True)
         elif command.name == "rooms":
             try:
-                for room in await list_rooms(self.config.http_base):
+                for room in await list_rooms(self.config.http_base, self.identity.token):
                     room_name, members = one_line(str(room.get("room"))), room.get("members")
-                    self._print(f"* #{room_name} {one_line(str(members))}", True)
+                    private = "  invite-only" if room.get("private") else ""
+                    self._print(f"* #{room_name} {one_line(str(members))}{private}", True)
             except ApiError as error:
                 self._note(f"chat-tui: {one_line(str(error))}")
         else:

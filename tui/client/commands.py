@@ -21,12 +21,22 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "topic": ("TEXT", "set the room topic (room owner only)", True),
     "kick": ("NAME", "remove NAME from the room (room owner only)", True),
     "close": ("", "close the room for everyone in it (room owner only)", False),
+    "private": ("on|off", "make the room invite-only, or open it (owner only)", True),
+    "invite": ("NAME", "let NAME into the invite-only room (owner only)", True),
+    "remove": ("NAME", "take NAME out of the invite-only room (owner only)", True),
+    "owner": ("NAME", "hand the room over to NAME (owner only)", True),
+    "register": ("", "how to claim your name with a password", False),
+    "logout-everywhere": ("", "revoke your tokens on every device (registered names)", False),
     "who": ("", "list the members of the current room", False),
     "rooms": ("", "list the relay's active rooms", False),
     "clear": ("", "clear the current tab's log", False),
     "help": ("", "show keys and commands", False),
     "quit": ("", "leave every room and exit", False),
 }
+
+
+# /register is not a relay request: a password must not be typed where it is echoed.
+REGISTER_HINT = "run `chat-tui register` in a shell: it reads the password without echo"
 
 
 class CommandError(Exception):
@@ -68,8 +78,14 @@ class Command:
             return {"type": f"dm_{name}", "from": who}
         if name == "topic":
             return {"type": "topic", "text": arg}
-        if name == "kick":
-            return {"type": "kick", "name": arg}
+        if name == "private":
+            if arg not in ("on", "off"):
+                raise CommandError("usage: /private on|off")
+            return {"type": "private", "private": arg == "on"}
+        if name in ("kick", "invite", "remove", "owner"):
+            return {"type": name, "name": arg}
+        if name == "logout-everywhere":
+            return {"type": "logout_everywhere"}
         if name in ("who", "close"):
             return {"type": name}
         return None

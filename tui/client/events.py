@@ -45,6 +45,15 @@ def describe(event: Event, request: Event | None = None) -> str | None:
         return f"{_get(event, 'by')} kicked {_get(event, 'name')}"
     if kind == "closed":
         return f"{_get(event, 'by')} closed the room"
+    if kind == "private":
+        made = "invite-only" if event.get("private") is True else "open"
+        return f"{_get(event, 'by')} made the room {made}"
+    if kind in ("invited", "removed"):
+        return f"{_get(event, 'by')} {kind} {_get(event, 'name')} (#{_get(event, 'room')})"
+    if kind == "owner":
+        return f"{_get(event, 'by')} handed the room over to {_get(event, 'owner')}"
+    if kind == "announce":
+        return f"announcement: {_get(event, 'text', '')}"
     if kind == "read":
         return f"{_get(event, 'name')} read up to seq {_get(event, 'seq')}"
     return None

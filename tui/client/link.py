@@ -32,6 +32,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.typing import Subprotocol
 
 from shared.protocol import CLOSE_POLICY, SUBPROTOCOL, Event, decode_frame, encode
+from tui import access
 
 SEEN_IDS = 4096
 # The room owner kicked us (4001) or closed the room (4002): reconnecting would be wrong.
@@ -46,6 +47,10 @@ ANSWERED_BY = {
     "topic": "topic",
     "kick": "kick",
     "close": "closed",
+    "private": "private",
+    "invite": "invited",
+    "remove": "removed",
+    "owner": "owner",
 }
 _ANSWER_TO = {event: request for request, event in ANSWERED_BY.items()}
 # Silent requests are remembered this many at a time, so an error for one can still name it.
@@ -438,8 +443,11 @@ class RoomLink:
             self._status(State.CONNECTING, detail=detail)
             stable = False
             try:
+                url = self.url(token)
                 async with websockets.connect(
-                    self.url(token),
+                    url,
+                    additional_headers=access.current.headers(),
+                    ssl=access.current.ssl_context() if url.startswith("wss:") else None,
                     subprotocols=[Subprotocol(SUBPROTOCOL)],
                     open_timeout=10,
                     max_size=None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from shared.protocol import Event
+from shared.protocol import Event, sender_label
 from tui.receipts import ReadReceipts
 
 
@@ -118,7 +118,8 @@ class RoomState:
         )
 
     def _message(self, event: Event, me: str | None) -> Effects:
-        sender, text = str(event.get("from", "?")), str(event.get("text", ""))
+        # A post over HTTP under our name is not ours: its label says "(via http)".
+        sender, text = sender_label(event), str(event.get("text", ""))
         own = sender == me
         seq = event.get("seq")
         seq = seq if isinstance(seq, int) else None

@@ -20,9 +20,17 @@ from textual.timer import Timer
 from textual.widgets import Footer, TabbedContent
 from textual.worker import Worker, WorkerState
 
-from shared.protocol import Event, room_error
+from shared.protocol import Event, room_error, sender_label
 from shared.sanitize import one_line
-from tui.client.commands import COMMANDS, Command, CommandError, is_command, literal, parse
+from tui.client.commands import (
+    COMMANDS,
+    REGISTER_HINT,
+    Command,
+    CommandError,
+    is_command,
+    literal,
+    parse,
+)
 from tui.client.events import describe
 from tui.client.link import Backoff, LinkFailed, RoomLink, State, Status
 from tui.client.room import Effects, mentions
@@ -269,10 +277,13 @@ class ChatScreen(Screen[None]):
             self._history(pane, event)
         elif kind == "error":
             self._error(pane, event, message.request)
-        elif kind in ("topic", "kick", "closed"):
+        elif kind in ("topic", "kick", "closed", "private", "invited", "removed", "owner"):
             self._owner_event(pane, event)
         elif kind == "read":
             self._read(pane, event)
+        elif kind == "announce":
+            moment = self.chat.clock.local(event.get("ts"))
+            pane.chat_log.write(self.formatter.announce(moment, str(event.get("text", ""))))
 
     def _welcome(self, pane: RoomPane, event: Event) -> None:
         fmt, clock = self.formatter, self.chat.clock
@@ -285,6 +296,8 @@ class ChatScreen(Screen[None]):
             pane.after_replay = [fmt.system(clock.now(), f"you joined #{pane.key} as {you}")]
             if isinstance(event.get("topic"), str):
                 pane.after_replay.append(fmt.system(clock.now(), f"topic: {event['topic']}"))
+            if event.get("private") is True:
+                pane.after_replay.append(fmt.system(clock.now(), "this room is invite-only"))
             replay = event.get("replay")
             pane.replay_left = replay if isinstance(replay, int) and replay > 0 else 0
             if not pane.replay_left:
@@ -312,7 +325,7 @@ class ChatScreen(Screen[None]):
         pane.last_day = moment.date()
 
     def _message(self, pane: RoomPane, event: Event) -> None:
-        sender, text = str(event.get("from", "?")), str(event.get("text", ""))
+        sender, text = sender_label(event), str(event.get("text", ""))
         effects = pane.state.apply(event, self.me)
         own, mention, live = effects.own, effects.mention, effects.live
         seq = event.get("seq")
@@ -466,7 +479,7 @@ class ChatScreen(Screen[None]):
         older = pane.state.older(event)
         texts: list[Text] = []
         for message in older:
-            sender, text = str(message.get("from", "?")), str(message.get("text", ""))
+            sender, text = sender_label(message), str(message.get("text", ""))
             own = sender == self.me
             mention = not own and mentions(text, self.me)
             moment = clock.local(message.get("ts"))
@@ -601,12 +614,14 @@ class ChatScreen(Screen[None]):
             if pane is None:
                 raise CommandError("no tab to close")
             self.close_pane(pane)
-        elif name in ("nick", "msg", "accept", "decline"):
+        elif name in ("nick", "msg", "accept", "decline", "logout-everywhere"):
             self._user_request(command, pane)
-        elif name in ("topic", "who", "kick", "close"):
+        elif name in ("topic", "who", "kick", "close", "private", "invite", "remove", "owner"):
             request = command.request()
             if request is not None:
                 self._room_link(pane, name).send(request)
+        elif name == "register":
+            self._local(pane, fmt.info(REGISTER_HINT))
         elif name == "rooms":
             self._list_rooms(pane)
         elif name == "clear":
@@ -668,7 +683,7 @@ class ChatScreen(Screen[None]):
     async def _list_rooms(self, pane: RoomPane | None) -> None:
         fmt = self.formatter
         try:
-            rooms = await list_rooms(self.chat.config.http_base)
+            rooms = await list_rooms(self.chat.config.http_base, self.chat.identity.token)
         except ApiError as error:
             self._local(pane, fmt.error(str(error)))
             return
@@ -676,6 +691,7 @@ class ChatScreen(Screen[None]):
             self._local(pane, fmt.info("no active rooms"))
         for room in rooms:
             line = f"#{room.get('room')}  {room.get('members')} member(s)"
+            line += "  invite-only" if room.get("private") else ""
             self._local(pane, fmt.info(line))
 
     @on(ChatInput.PastedLines)
