@@ -6,9 +6,17 @@ import re
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.relayproc import RelayProcess
 from tests.tmux import ESC, F1, Terminal, Terminals
+
+
+@pytest.fixture
+def relay(relay_factory) -> RelayProcess:
+    """A relay per test: every test here is alice and bob, and a name stays its last identity's
+    for a while after it leaves (the relay's name grace), so a shared relay would refuse it."""
+    return relay_factory("--rate", "0")
 
 
 def server(relay: RelayProcess) -> str:
@@ -102,7 +110,7 @@ def test_joins_and_pastes_end_at_the_newest_line(
     post(relay, room, "bob", [f"backlog {i}" for i in range(1, 41)])
     joins = [terminals.chat_tui("--server", server(relay), "connect", room) for _ in range(4)]
     for terminal in joins:
-        terminal.wait_for("bob backlog 40")
+        terminal.wait_for("bob (via http) backlog 40")
         terminal.close()
     alice = terminals.chat_tui("--server", server(relay), "connect", room, "--name", "alice")
     alice.wait_for("is now known as alice")

@@ -27,7 +27,7 @@ async def test_kill_9_and_restart_both_go_live_and_the_queue_is_sent_once(
     bob = terminals.chat_tui("--server", address, "connect", room, "--name", "bob")
     for terminal in (alice, bob):
         terminal.wait_for("● connected")
-        terminal.wait_for("carol backlog 5")
+        terminal.wait_for("carol (via http) backlog 5")
     alice.wait_for("bob")
 
     relay.stop(signal.SIGKILL)
@@ -44,7 +44,7 @@ async def test_kill_9_and_restart_both_go_live_and_the_queue_is_sent_once(
         screen = terminal.screen()
         assert screen.count("typed while down") == 1 + (terminal is alice), screen
         assert screen.count("could not be recovered") == 1, screen
-        assert screen.count("carol backlog 5") == 1, screen
+        assert screen.count("carol (via http) backlog 5") == 1, screen
 
     reader = await JsonClient.connect(restarted.url(room, "backlog=50"))
     replay = [await reader.next() for _ in range(reader.welcome["replay"])]
