@@ -339,3 +339,45 @@ def test_client_core_and_plain_import_no_textual():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_private_room_commands_are_requests_answered_by_their_events():
+    """The relay answers private/invite/remove/owner with these events (relay/core.py)."""
+    assert parse("/private on").request() == {"type": "private", "private": True}
+    assert parse("/invite bob").request() == {"type": "invite", "name": "bob"}
+    assert parse("/logout-everywhere").request() == {"type": "logout_everywhere"}
+    assert parse("/register").request() is None
+    with pytest.raises(CommandError, match=r"usage: /private on\|off"):
+        parse("/private maybe").request()
+    link, seen = make_link()
+    connect(link, welcome("e1", 0))
+    cids = [
+        link.send(request)
+        for request in (
+            {"type": "private", "private": True},
+            {"type": "invite", "name": "bob"},
+            {"type": "remove", "name": "bob"},
+            {"type": "owner", "name": "bob"},
+        )
+    ]
+    link.outgoing()
+    link.receive({"type": "invited", "room": "room", "name": "me", "by": "other"})
+    assert seen.events[-1][1] is None, "someone else's invite answers nothing"
+    answers = [
+        {"type": "private", "private": True, "by": "me"},
+        {"type": "invited", "name": "bob", "by": "me"},
+        {"type": "removed", "name": "bob", "by": "me"},
+        {"type": "owner", "owner": "bob", "by": "me"},
+    ]
+    for cid, answer in zip(cids, answers, strict=True):
+        link.receive({**answer, "room": "room"})
+        assert seen.events[-1][1] is not None and seen.events[-1][1]["cid"] == cid
+    assert link.idle
+    assert describe(answers[1] | {"room": "room"}) == "me invited bob (#room)"
+    assert describe({"type": "announce", "text": "tea\x1b[2J"}) == "announcement: tea"
+
+
+def test_an_http_post_is_labelled_and_never_counts_as_ours():
+    state = RoomState("lobby")
+    effects = state.apply(message(1, "a", **{"from": "me", "via": "http"}), "me")
+    assert not effects.own and effects.count

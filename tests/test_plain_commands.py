@@ -69,3 +69,24 @@ async def test_answers_to_the_sender_echo_its_cid(relay_factory, room: str) -> N
     error = await client.expect("error", code="rate_limited")
     assert (error["request"], error["cid"]) == ("say", "s1")
     await client.close()
+
+
+async def test_plain_commands_lose_their_line_break_and_pass_the_text_checks(
+    relay: RelayProcess, room: str
+) -> None:
+    """A websocat line ends with a line break; a command's fields are checked like JSON ones."""
+    async with websockets.connect(relay.url(room)) as bare:
+        await recv(bare)
+        await bare.send("/who\r\n")
+        assert (await until_line(bare, "* ")).startswith("* members: ")
+        await bare.send("/msg some\x1b[2Jone hi\n")
+        line = await until_line(bare, "* ")
+        assert line.startswith("* error bad_text: 'to': ") and "\x1b" not in line
+
+
+async def test_a_cid_that_fails_the_text_checks_is_not_echoed(relay: RelayProcess, room: str):
+    client = await JsonClient.connect(relay.url(room))
+    await client.send(type="who", cid="w\x1b[2J")
+    error = await client.expect("error", code="bad_text")
+    assert error["request"] == "who" and "cid" not in error
+    await client.close()
