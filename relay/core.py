@@ -31,6 +31,10 @@ from shared.protocol import Event
 log = logging.getLogger("relay.core")
 
 CID_MAX = 64
+PLAIN_HELP = (
+    "* commands: /nick NAME, /msg NAME TEXT, /accept NAME, /decline NAME, /who, /topic TEXT,"
+    " /kick NAME, /close, /help; //text posts /text"
+)
 READ_COST = 0.2  # of a message's rate budget
 CID_TTL = 300.0
 CID_KEEP = 256
@@ -452,42 +456,85 @@ class Hub:
             return
         if not client.json:
             if self._admit(client):
-                self._say(client, _strip_line_break(text), None)
+                self._plain_line(client, _strip_line_break(text))
             return
         try:
             request = p.parse(text)
         except ValueError:
             request = None
         kind = request.get("type") if isinstance(request, dict) else None
-        # Read markers are cheap, not free: a client sends them on its own, so five of them cost
-        # what one message does, and a refused one is dropped without an error event (it would
-        # look like a refusal of the user's last message); it still counts toward a flood.
-        if kind == "read" and _is_int(request.get("seq")):
-            if not self._admit(client, READ_COST, quiet=True):
+        problem = _fields_problem(request) if isinstance(request, dict) else None
+        # Errors name the request they answer (a refusal for the rate too), so a client can
+        # tell which of several it was; a cid that failed the field check is not echoed.
+        if isinstance(request, dict) and isinstance(kind, str) and kind in self._handlers:
+            self._answering = {"request": kind}
+            if problem is None and isinstance(request.get("cid"), str):
+                self._answering["cid"] = request["cid"]
+        try:
+            # Read markers are cheap, not free: a client sends them on its own, so five of them
+            # cost what one message does, and a refused one is dropped without an error event
+            # (it would look like a refusal of the user's last message); it still counts toward
+            # a flood.
+            if kind == "read" and _is_int(request.get("seq")):
+                if not self._admit(client, READ_COST, quiet=True):
+                    return
+            elif not self._admit(client):
                 return
-        elif not self._admit(client):
-            return
-        if not isinstance(request, dict):
-            self._error(client, p.BAD_JSON, "frame must be a JSON object")
-            return
-        problem = _fields_problem(request)
-        if problem is not None:
-            self._error(client, p.BAD_TEXT, problem)
-            return
-        handler = self._handlers.get(kind) if isinstance(kind, str) else None
-        if handler is None:
-            self._error(client, p.UNKNOWN_TYPE, f"unknown type {kind!r}"[:200])
-            return
-        # Errors name the request they answer, so a client can tell which of several it was.
-        self._answering = {"request": kind}
-        if isinstance(request.get("cid"), str):
-            self._answering["cid"] = request["cid"]
+            if not isinstance(request, dict):
+                self._error(client, p.BAD_JSON, "frame must be a JSON object")
+                return
+            if problem is not None:
+                self._error(client, p.BAD_TEXT, problem)
+                return
+            handler = self._handlers.get(kind) if isinstance(kind, str) else None
+            if handler is None:
+                self._error(client, p.UNKNOWN_TYPE, f"unknown type {kind!r}"[:200])
+                return
+            self._handle(client, handler, request)
+        finally:
+            self._answering = {}
+
+    def _handle(
+        self, client: Client, handler: Callable[[Hub, Client, Event], None], request: Event
+    ) -> None:
         try:
             handler(self, client, request)
         except _BadRequest as bad:
             self._error(client, p.BAD_REQUEST, str(bad))
-        finally:
-            self._answering = {}
+
+    def _plain_line(self, client: Client, text: str) -> None:
+        """A plain client's line: a message, or one of the commands a bare client needs.
+
+        `//text` posts `/text` (the IRC convention); any other line starting with `/` is a
+        command, so a typo is answered with an error instead of being posted to the room.
+        """
+        if not text.startswith("/") or text.startswith("//"):
+            self._say(client, text[1:] if text.startswith("//") else text, None)
+            return
+        name, _, arg = text[1:].partition(" ")
+        arg = arg.strip()
+        head, _, rest = arg.partition(" ")
+        requests: dict[str, Event] = {
+            "nick": {"type": "nick", "name": arg},
+            "msg": {"type": "dm", "to": head, "text": rest.strip()},
+            "accept": {"type": "dm_accept", "from": arg},
+            "decline": {"type": "dm_decline", "from": arg},
+            "who": {"type": "who"},
+            "topic": {"type": "topic", "text": arg},
+            "kick": {"type": "kick", "name": arg},
+            "close": {"type": "close"},
+        }
+        request = requests.get(name.lower())
+        problem = None if request is None else _fields_problem(request)
+        if problem is not None:
+            self._error(client, p.BAD_TEXT, problem)
+        elif request is not None:
+            self._handle(client, self._handlers[request["type"]], request)
+        elif name.lower() == "help":
+            self._send(client, Outgoing({"type": "help"}, PLAIN_HELP))
+        else:
+            detail = f"unknown command /{name[:32]} (/help lists them; //text posts /text)"
+            self._error(client, p.BAD_REQUEST, detail)
 
     def receive_binary(self, client: Client) -> None:
         if client.room is not None and self._admit(client):
@@ -752,7 +799,8 @@ class Hub:
         waiting = self._users.get(requester)
         if waiting is not None:
             answer = {"type": "dm_declined", "by": user.name}
-            self._deliver_all(waiting.clients, Outgoing(answer, None))
+            plain = f"{user.name} -> you :: declined your private messages"
+            self._deliver_all(waiting.clients, Outgoing(answer, plain))
 
     def _accept(self, subject: str, requester: str) -> None:
         """`subject` accepts `requester`: release what was held and tell the requester."""
@@ -764,8 +812,10 @@ class Hub:
                 self._drain_held(client, held)
         waiting = self._users.get(requester)
         if waiting is not None:
-            answer = {"type": "dm_accepted", "by": self._name_of(subject)}
-            self._deliver_all(waiting.clients, Outgoing(answer, None))
+            by = self._name_of(subject)
+            answer = {"type": "dm_accepted", "by": by}
+            plain = f"{by} -> you :: accepted your private messages"
+            self._deliver_all(waiting.clients, Outgoing(answer, plain))
 
     def _deliver_waiting(self, client: Client, first: bool) -> None:
         """On connect: DM requests awaiting an answer, and (first connection) DMs kept offline."""
@@ -821,8 +871,9 @@ class Hub:
     def _on_who(self, client: Client, request: Event) -> None:
         room = client.room
         assert room is not None
-        members = {"type": "members", "room": room.name, "members": room.member_names()}
-        self._send(client, Outgoing(members, None))
+        names = room.member_names()
+        members = {"type": "members", "room": room.name, "members": names, **self._cid()}
+        self._send(client, Outgoing(members, f"* members: {', '.join(names)}"))
 
     def _on_history(self, client: Client, request: Event) -> None:
         room = client.room
@@ -836,7 +887,13 @@ class Hub:
         # Within what any store can hold (SQLite integers are 64-bit); the reply names the request.
         upto = None if before is None else max(0, min(before, self.store.room(room.name)[1] + 1))
         messages = self.store.before(room.name, upto, min(limit, p.HISTORY_PAGE_MAX))
-        reply = {"type": "history", "room": room.name, "before": before, "messages": messages}
+        reply = {
+            "type": "history",
+            "room": room.name,
+            "before": before,
+            "messages": messages,
+            **self._cid(),
+        }
         self._send(client, Outgoing(reply, None))
 
     def _on_read(self, client: Client, request: Event) -> None:
@@ -1128,6 +1185,11 @@ class Hub:
         self._error(client, p.UNAVAILABLE, STORE_DOWN)
         return True
 
+    def _cid(self) -> dict[str, str]:
+        """The answered request's `cid`, echoed on a reply that goes only to its sender."""
+        cid = self._answering.get("cid")
+        return {"cid": cid} if cid is not None else {}
+
     def _error(self, client: Client, code: str, detail: str) -> None:
         self.metrics.errors[code] += 1
         event = {"type": "error", "code": code, "detail": detail, **self._answering}
@@ -1179,7 +1241,8 @@ def _strip_line_break(text: str) -> str:
 
 def _dm_request(sender: str) -> Outgoing:
     request = {"type": "dm_request", "from": sender, "ts": p.now_rfc3339()}
-    return Outgoing(request, f"{sender} -> you :: wants to send you private messages")
+    plain = f"{sender} -> you :: wants to send you private messages (/accept {sender})"
+    return Outgoing(request, plain)
 
 
 def _fields_problem(request: Event) -> str | None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.relayproc import RelayProcess
+from tests.tmux import Terminals, terminals_for
 
 _rooms = itertools.count(1)
 
@@ -38,3 +39,9 @@ def relay_factory(tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
 def room() -> str:
     """A room name no other test uses."""
     return f"room-{next(_rooms)}"
+
+
+@pytest.fixture
+def terminals(tmp_path: Path) -> Iterator[Terminals]:
+    """Real `chat-tui` processes in tmux sessions (tests/tmux.py), killed at teardown."""
+    yield from terminals_for(tmp_path)

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from tests.relayproc import JsonClient
+from tests.relayproc import JsonClient, closed
 
 TIMEOUT = 20
 
@@ -167,3 +167,67 @@ async def test_requests_without_a_direct_reply_do_not_hang(relay, room, tmp_path
     assert "not_owner" in result.stderr
     assert (await other.expect("message", timeout=TIMEOUT))["text"] == "hello"
     await other.close()
+
+
+async def test_one_server_address_rule_for_every_command(relay, room, tmp_path):
+    """http://, https://-style and bare host:port work for send, rooms and connect alike;
+    a bad address is one line on stderr and exit 2, never a traceback."""
+    http, bare = f"http://127.0.0.1:{relay.port}", f"127.0.0.1:{relay.port}"
+    sent = await run_async(["send", room, "over http", "--server", http], env_dir=tmp_path)
+    assert sent.returncode == 0, sent.stderr
+    for address in (http, bare, f"ws://127.0.0.1:{relay.port}/"):
+        rooms = await run_async(["rooms", "--server", address], env_dir=tmp_path)
+        assert rooms.returncode == 0, rooms.stderr
+        joined = await run_async(
+            ["--plain", "connect", room, "--server", address], stdin="hi\n", env_dir=tmp_path
+        )
+        assert joined.returncode == 0, joined.stderr
+    for address, why in (
+        ("ws://127.0.0.1:99999", "port must be a number from 1 to 65535"),
+        ("ftp://127.0.0.1:1", "use ws://, wss://, http://, https:// or host:port"),
+    ):
+        for command in (["send", room, "x"], ["rooms"], ["--plain", "connect", room]):
+            result = await run_async([*command, "--server", address], env_dir=tmp_path)
+            assert result.returncode == 2, (command, result.stderr)
+            assert result.stderr.count("\n") == 1 and why in result.stderr, result.stderr
+
+
+async def test_plain_name_is_taken_before_the_first_line(relay, room, tmp_path):
+    watcher = await JsonClient.connect(relay.url(room))
+    result = await run_async(
+        ["--plain", "connect", room, "--name", f"bot-{room}", *server(relay)],
+        stdin="first line\n",
+        env_dir=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    message = await watcher.expect("message", timeout=TIMEOUT)
+    assert (message["text"], message["from"]) == ("first line", f"bot-{room}")
+    await watcher.close()
+
+
+async def test_plain_exits_non_zero_when_a_line_is_refused(relay, room, tmp_path):
+    result = await run_async(
+        ["--plain", "connect", room, *server(relay)],
+        stdin="ok\n" + "x" * 5000 + "\n",
+        env_dir=tmp_path,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "too_large" in result.stderr and "(not sent: xxx" in result.stderr
+
+
+async def test_plain_owner_kicks_and_closes(relay, room, tmp_path):
+    """`/kick` and `/close` from a script: the victim is closed with 4001, everyone with 4002,
+    and the owner's run ends with 0 (the room closing was what it asked for)."""
+    args = ["--plain", "connect", room, *server(relay)]
+    owner_dir = tmp_path / "owner"
+    first = await run_async(args, env_dir=owner_dir)
+    assert first.returncode == 0, first.stderr
+    victim = await JsonClient.connect(relay.url(room))
+    bystander = await JsonClient.connect(relay.url(room))
+    kicked = await run_async(args, stdin=f"/kick {victim.welcome['you']}\n", env_dir=owner_dir)
+    assert kicked.returncode == 0, kicked.stderr
+    assert (await closed(victim.ws))[0] == 4001
+    closing = await run_async(args, stdin="/close\n", env_dir=owner_dir)
+    assert closing.returncode == 0, closing.stderr
+    assert "closed the room" in closing.stderr
+    assert (await closed(bystander.ws))[0] == 4002

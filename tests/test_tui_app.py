@@ -326,12 +326,12 @@ async def test_page_up_at_the_top_fetches_older_history(relay, room):
         await until(pf, lambda: connected(full, room) and has_line(full, room, "old 80"))
         await page_up_to_the_top(pf, full, room)
         pane = full.screen.panes[room]
-        await until(pf, lambda: pane.oldest_seq != 61, what="part of the page")
+        await until(pf, lambda: pane.state.oldest_seq != 61, what="part of the page")
         via = "poster (via http) "
         shown = [line.split(via, 1)[1] for line in lines(full, room) if via in line]
-        assert 1 < pane.oldest_seq < 61
-        assert shown[0] == f"old {pane.oldest_seq}"
-        assert not pane.history_done
+        assert 1 < pane.state.oldest_seq < 61
+        assert shown[0] == f"old {pane.state.oldest_seq}"
+        assert not pane.state.history_done
 
 
 async def test_help_rooms_who_and_clear(relay, room):

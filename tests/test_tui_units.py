@@ -13,11 +13,12 @@ from websockets.asyncio.server import serve
 from websockets.typing import Subprotocol
 
 from shared.protocol import SUBPROTOCOL
-from tui.commands import CommandError, parse
+from tui.client.commands import CommandError, parse
+from tui.client.link import Backoff, Identity, RoomLink
+from tui.client.room import mentions
 from tui.completion import Completer
 from tui.config import Config, ConfigError
-from tui.connection import Backoff, Identity, RoomLink
-from tui.lines import LineFormatter, mentions, name_color
+from tui.lines import LineFormatter, name_color
 from tui.state import InputHistory, TokenStore
 from tui.widgets.chat_log import ChatLog
 
@@ -175,7 +176,7 @@ async def test_link_survives_frames_that_are_not_events():
     arrived = asyncio.Event()
     received = []
 
-    def sink(event) -> None:
+    def sink(event, request) -> None:
         received.append(event)
         if event.get("type") == "message":
             arrived.set()

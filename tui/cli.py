@@ -2,13 +2,15 @@
 
 Exit codes: 0 success, 1 connection or relay error, 2 bad usage or config, 3 timed out.
 Failures print one line on stderr, never a traceback.
+
+Each command imports what it needs when it runs: scripts call `send` once per message, and
+Textual, asyncio and websockets would cost them several times the request itself
+(bench/startup.py; tests/test_tui_term.py keeps them out of `import tui.cli`).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import getpass
 import os
 import sys
 from pathlib import Path
@@ -17,22 +19,28 @@ from typing import NoReturn
 from shared.protocol import room_error
 from shared.sanitize import one_line
 from tui import access
-from tui.config import Config, ConfigError, state_dir
-from tui.connection import Identity
-from tui.http_api import ApiError, list_rooms, login, post_message, register
-from tui.plain import EXIT_FAILED, EXIT_OK, PlainOptions, PlainSession
-from tui.state import TokenStore
+from tui.client.server import ServerError, server_url
+from tui.config import Config, ConfigError, profile_error, state_dir
 
-EXIT_USAGE = 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _common() -> argparse.ArgumentParser:
     """Options taken before or after the subcommand (SUPPRESS: one never hides the other)."""
     common = argparse.ArgumentParser(add_help=False)
     add = common.add_argument
-    add("--server", default=argparse.SUPPRESS, help="relay URL, e.g. ws://127.0.0.1:8000")
+    add(
+        "--server",
+        default=argparse.SUPPRESS,
+        help="relay address: ws://, wss://, http://, https:// URL or host:port",
+    )
     add("--config", type=Path, default=argparse.SUPPRESS, help="config file (TOML)")
     add("--plain", action="store_true", default=argparse.SUPPRESS, help="headless line mode")
+    add(
+        "--profile",
+        default=argparse.SUPPRESS,
+        help="keep identity and history apart under this name (another user on this machine)",
+    )
     add("--key", default=argparse.SUPPRESS, help="the relay's access key [CHAT_TUI_KEY]")
     add("--ca-file", default=argparse.SUPPRESS, help="CA certificates (PEM) for wss://")
     return common
@@ -79,29 +87,43 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"config: {error}", EXIT_USAGE)
     if getattr(args, "server", None):
         config.server = args.server
+    try:
+        config.server = server_url(config.server)
+    except ServerError as error:
+        _fail(f"server address {error}", EXIT_USAGE)
+    profile = getattr(args, "profile", None)
+    if profile is not None and (problem := profile_error(profile)):
+        _fail(f"--profile {profile!r}: {problem}", EXIT_USAGE)
     config.key = getattr(args, "key", None) or os.environ.get("CHAT_TUI_KEY") or config.key
     config.ca_file = getattr(args, "ca_file", None) or config.ca_file
     access.configure(access.ClientAccess(config.key, config.ca_file))
     if args.command == "rooms":
-        sys.exit(asyncio.run(_rooms(config)))
+        sys.exit(_rooms(config))
     if args.command == "send":
-        sys.exit(asyncio.run(_send(config, args.room, args.sender, args.text)))
+        sys.exit(_send(config, args.room, args.sender, args.text))
     if args.command in ("login", "register"):
-        sys.exit(asyncio.run(_account(config, args)))
+        sys.exit(_account(config, args, state_dir(profile)))
     for room in args.rooms:
         problem = room_error(room)
         if problem:
             _fail(f"{room!r}: {problem}", EXIT_USAGE)
     if getattr(args, "plain", False):
-        sys.exit(_plain(config, args))
+        sys.exit(_plain(config, args, state_dir(profile)))
     from tui.app import ChatApp
 
-    ChatApp(config, list(dict.fromkeys(args.rooms)), name=args.name).run()
+    rooms = list(dict.fromkeys(args.rooms))
+    ChatApp(config, rooms, name=args.name, state=state_dir(profile)).run()
 
 
-def _plain(config: Config, args: argparse.Namespace) -> int:
+def _plain(config: Config, args: argparse.Namespace, state: Path) -> int:
     if len(args.rooms) != 1:
         _fail("--plain connects to exactly one room", EXIT_USAGE)
+    import asyncio
+
+    from tui.client.link import Identity
+    from tui.plain import PlainOptions, PlainSession
+    from tui.state import TokenStore
+
     options = PlainOptions(
         room=args.rooms[0],
         name=args.name,
@@ -111,7 +133,7 @@ def _plain(config: Config, args: argparse.Namespace) -> int:
         timeout=args.timeout,
         backlog=args.backlog,
     )
-    tokens = TokenStore(state_dir() / "identity.json")
+    tokens = TokenStore(state / "identity.json")
 
     async def run() -> int:
         identity = Identity(tokens.get(config.server), lambda t: tokens.put(config.server, t))
@@ -123,9 +145,11 @@ def _plain(config: Config, args: argparse.Namespace) -> int:
         return 130
 
 
-async def _rooms(config: Config) -> int:
+def _rooms(config: Config) -> int:
+    from tui.http_api import ApiError, rooms_now
+
     try:
-        rooms = await list_rooms(config.http_base)
+        rooms = rooms_now(config.http_base)
     except ApiError as error:
         _fail(str(error), EXIT_FAILED)
     for room in rooms:
@@ -133,30 +157,37 @@ async def _rooms(config: Config) -> int:
     return EXIT_OK
 
 
-async def _send(config: Config, room: str, sender: str, text: str) -> int:
+def _send(config: Config, room: str, sender: str, text: str) -> int:
+    from tui.http_api import ApiError, post_now
+
     try:
-        message = await post_message(config.http_base, room, sender, text)
+        message = post_now(config.http_base, room, sender, text)
     except ApiError as error:
         _fail(str(error), EXIT_FAILED)
     print(f"sent #{one_line(room)} seq {one_line(str(message.get('seq')))}")
     return EXIT_OK
 
 
-async def _account(config: Config, args: argparse.Namespace) -> int:
+def _account(config: Config, args: argparse.Namespace, state: Path) -> int:
     """`login`/`register`: the password from the terminal (not echoed) or one line of stdin."""
+    import getpass
+
+    from tui.http_api import ApiError, login_now, register_now
+    from tui.state import TokenStore
+
     if sys.stdin.isatty():
         password = getpass.getpass("password: ")
     else:
         password = sys.stdin.readline().rstrip("\r\n")
-    tokens = TokenStore(state_dir() / "identity.json")
+    tokens = TokenStore(state / "identity.json")
     try:
         if args.command == "login":
-            answer = await login(config.http_base, args.name, password)
+            answer = login_now(config.http_base, args.name, password)
         else:
             token = None if args.name else tokens.get(config.server)
             if token is None and not args.name:
                 _fail("no identity yet: connect once, or give --name NAME", EXIT_USAGE)
-            answer = await register(config.http_base, password, token, args.name)
+            answer = register_now(config.http_base, password, token, args.name)
     except ApiError as error:
         _fail(str(error), EXIT_FAILED)
     token, name = answer.get("token"), answer.get("name")

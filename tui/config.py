@@ -5,11 +5,13 @@ Directories follow the XDG base directories (shared/xdg.py).
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from shared.xdg import config_home, state_home
+from tui.client.server import http_base
 
 APP_DIR = "chat-tui"
 DEFAULT_SERVER = "ws://127.0.0.1:8000"
@@ -19,8 +21,24 @@ def config_dir() -> Path:
     return config_home(APP_DIR)
 
 
-def state_dir() -> Path:
-    return state_home(APP_DIR)
+def state_dir(profile: str | None = None) -> Path:
+    """Where a profile keeps its identity and input history; no profile is the default one.
+
+    Two clients sharing a directory are the same user (one token), so `--profile NAME` gives
+    each its own: `profiles/NAME` inside the state dir.
+    """
+    base = state_home(APP_DIR)
+    return base / "profiles" / profile if profile else base
+
+
+_PROFILE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+
+
+def profile_error(name: str) -> str | None:
+    """Why `name` cannot be a profile (it becomes a directory name), or None."""
+    if _PROFILE.fullmatch(name) is None:
+        return "a profile is 1-64 letters, digits, '_', '-' or '.', not starting with '.'"
+    return None
 
 
 class ConfigError(Exception):
@@ -68,8 +86,4 @@ class Config:
 
     @property
     def http_base(self) -> str:
-        """The relay's HTTP API lives on the same host and port as its WebSocket endpoint."""
-        server = self.server.rstrip("/")
-        if server.startswith("wss://"):
-            return "https://" + server.removeprefix("wss://")
-        return "http://" + server.removeprefix("ws://")
+        return http_base(self.server)

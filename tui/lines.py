@@ -6,7 +6,6 @@ into a `Text`, so neither terminal escapes nor `[markup]` in a message can take 
 
 from __future__ import annotations
 
-import re
 import zlib
 from datetime import date, datetime
 
@@ -31,20 +30,16 @@ def name_color(name: str, dark: bool) -> str:
     return palette[zlib.crc32(name.casefold().encode()) % len(palette)]
 
 
-def mentions(text: str, name: str | None) -> bool:
-    if not name:
-        return False
-    pattern = rf"(?<![\w.-]){re.escape(name)}(?![\w-])"
-    return re.search(pattern, text, re.IGNORECASE) is not None
-
-
 class LineFormatter:
     def __init__(self, timestamp_format: str = "%H:%M", dark: bool = True) -> None:
         self.timestamp_format = timestamp_format
         self.dark = dark
 
     def _stamp(self, moment: datetime) -> Text:
-        return Text(moment.strftime(self.timestamp_format) + " ", style="dim")
+        """A line that starts with the time; only the time is dim, not what is appended."""
+        line = Text()
+        line.append(moment.strftime(self.timestamp_format) + " ", style="dim")
+        return line
 
     def message(
         self, moment: datetime, sender: str, text: str, *, own: bool, mention: bool

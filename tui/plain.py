@@ -1,7 +1,8 @@
 """`chat-tui --plain connect ROOM`: stdin lines in, `name :: text` lines out, for scripts.
 
-It exits 0 once stdin has ended and the relay has answered everything sent (every say echoed),
-so `echo hi | chat-tui --plain connect room1` really delivers before it returns.
+It exits once stdin has ended and the relay has answered everything sent (every say echoed),
+so `echo hi | chat-tui --plain connect room1` really delivers before it returns: 0 when all of
+it was taken, 1 when the relay refused anything (a line too large, a DM to nobody).
 """
 
 from __future__ import annotations
@@ -15,11 +16,19 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TextIO
 
-from shared.protocol import Event, name_error, sender_label
+from shared.protocol import Event, sender_label
 from shared.sanitize import one_line
-from tui.commands import CommandError, help_lines, is_command, literal, parse
+from tui.client.commands import (
+    REGISTER_HINT,
+    CommandError,
+    help_lines,
+    is_command,
+    literal,
+    parse,
+)
+from tui.client.events import describe
+from tui.client.link import Backoff, Identity, LinkFailed, RoomLink, State, Status
 from tui.config import Config
-from tui.connection import Backoff, Identity, LinkFailed, RoomLink, State, Status
 from tui.http_api import ApiError, list_rooms
 
 EXIT_OK = 0
@@ -53,8 +62,13 @@ class PlainSession:
         self.out = stdout
         self.err = stderr
         self.received = 0
+        self.failed = 0
+        self.closed_room = False
         self.input_done = False
         self.finished = asyncio.Event()
+        self.name_ready = asyncio.Event()
+        self._rename: str | None = None
+        self._down = False
         self.link = RoomLink(
             config.server,
             options.room,
@@ -73,64 +87,63 @@ class PlainSession:
         stream = self.err if system and not self.options.events else self.out
         print(line, file=stream, flush=True)
 
-    def _event(self, event: Event) -> None:
+    def _event(self, event: Event, request: Event | None) -> None:
         if self.finished.is_set():
             return
         kind = event.get("type")
         if self.options.json:
-            # ASCII-escaped JSON: C1 controls in text stay inert even if a terminal shows it.
-            self._print(json.dumps({k: v for k, v in event.items() if k != "request"}))
+            # ASCII-escaped JSON, as the relay sent it: C1 controls in text stay inert.
+            self._print(json.dumps(event))
+        elif kind == "message":
+            self._print(f"{one_line(sender_label(event))} :: {one_line(str(event.get('text')))}")
+        elif kind == "dm":
+            sender, to = one_line(str(event.get("from"))), one_line(str(event.get("to")))
+            self._print(f"{sender} -> {to} :: {one_line(str(event.get('text')))}")
         else:
-            self._print_event(kind, event)
+            line = describe(event, request)
+            if line is not None:
+                # The operator's announcement is for whoever reads the output, like a message.
+                self._print(f"* {line}", system=kind != "announce")
         if kind == "welcome":
-            wanted = self.options.name
-            if wanted and wanted != event.get("you"):
-                self.link.send({"type": "nick", "name": wanted})
+            self._welcomed(event)
+        elif kind == "error":
+            # Anything the relay refused was not delivered: the exit status says so.
+            self.failed += 1
+            if request is not None and request.get("cid") == self._rename:
+                self._note(f"chat-tui: cannot use the name {one_line(str(self.options.name))}")
+                self.finished.set()
+        elif kind == "closed" and request is not None:
+            self.closed_room = True
+        elif kind == "nick" and request is not None and request.get("cid") == self._rename:
+            self.name_ready.set()
         if kind in ("message", "dm") and not event.get("replay"):
             self.received += 1
         self._check_done()
 
-    def _print_event(self, kind: object, event: Event) -> None:
-        def get(field: str) -> str:
-            return one_line(str(event.get(field, "")))
-
-        if kind == "message":
-            self._print(f"{one_line(sender_label(event))} :: {get('text')}")
-        elif kind == "dm":
-            self._print(f"{get('from')} -> {get('to')} :: {get('text')}")
-        elif kind == "welcome":
-            self._print(f"* joined #{get('room')} as {get('you')}", system=True)
-        elif kind in ("join", "leave"):
-            what = "joined" if kind == "join" else "left"
-            self._print(f"* {get('name')} {what}", system=True)
-        elif kind == "nick":
-            self._print(f"* {get('old')} is now known as {get('new')}", system=True)
-        elif kind == "members":
-            members = ", ".join(one_line(str(m)) for m in event.get("members", []))
-            self._print(f"* members: {members}", system=True)
-        elif kind == "error":
-            self._print(f"* error {get('code')}: {get('detail')}", system=True)
-        elif kind == "dm_request":
-            text = f"* {get('from')} wants to send you private messages (/accept {get('from')})"
-            self._print(text, system=True)
-        elif kind in ("dm_accepted", "dm_declined"):
-            self._print(f"* {get('by')} {kind.removeprefix('dm_')} your DMs", system=True)
-        elif kind == "topic":
-            self._print(f"* {get('by')} set the topic: {get('topic')}", system=True)
-        elif kind == "read":
-            self._print(f"* {get('name')} read up to seq {get('seq')}", system=True)
-        elif kind == "announce":
-            self._print(f"* announcement: {get('text')}")
+    def _welcomed(self, event: Event) -> None:
+        """With --name, nothing typed goes out before the rename is done: a bot's first line
+        must not appear under the random name it was given."""
+        wanted = self.options.name
+        if self.name_ready.is_set() or self._rename is not None:
+            return
+        if wanted and wanted != event.get("you"):
+            self._rename = self.link.send({"type": "nick", "name": wanted})
+        else:
+            self.name_ready.set()
 
     def _status(self, status: Status) -> None:
-        if status.state == State.RECONNECTING:
+        """One line per outage, not one per attempt."""
+        if status.state == State.CONNECTED:
+            self._down = False
+        elif status.state == State.RECONNECTING and not self._down:
+            self._down = True
             detail = f" ({one_line(status.detail)})" if status.detail else ""
-            line = f"* disconnected{detail}, reconnecting in {status.retry_in:.1f}s"
-            print(line, file=self.err, flush=True)
+            self._note(f"* disconnected from {status.url}{detail}; reconnecting")
 
     # -- input ------------------------------------------------------------------------------------
 
     async def _read_input(self, stdin: TextIO) -> None:
+        await self.name_ready.wait()
         async for line in _lines(stdin):
             if await self._handle_line(line.rstrip("\r\n")):
                 break
@@ -146,36 +159,25 @@ class PlainSession:
             return False
         try:
             command = parse(line)
+            request = command.request(me=self.identity.name)
         except CommandError as error:
             self._note(f"chat-tui: {error}")
             return False
-        if command.name == "quit":
+        if request is not None:
+            self.link.send(request)
+        elif command.name == "quit":
             return True
-        if command.name == "nick":
-            problem = name_error(command.arg)
-            if problem:
-                self._note(f"chat-tui: {problem}")
-            elif command.arg == self.identity.name:
-                self._note(f"chat-tui: you are already {one_line(command.arg)}")
-            else:
-                self.link.send({"type": "nick", "name": command.arg})
-        elif command.name == "msg":
-            to, text = command.split()
-            self.link.send({"type": "dm", "to": to, "text": text})
-        elif command.name in ("accept", "decline") and command.arg:
-            self.link.send({"type": f"dm_{command.name}", "from": command.arg})
-        elif command.name == "topic":
-            self.link.send({"type": "topic", "text": command.arg})
-        elif command.name == "who":
-            self.link.send({"type": "who"})
+        elif command.name == "register":
+            self._note(f"chat-tui: {REGISTER_HINT}")
         elif command.name == "help":
             for help_line in help_lines():
                 print(help_line, file=self.err, flush=True)
         elif command.name == "rooms":
             try:
-                for room in await list_rooms(self.config.http_base):
+                for room in await list_rooms(self.config.http_base, self.identity.token):
                     room_name, members = one_line(str(room.get("room"))), room.get("members")
-                    self._print(f"* #{room_name} {one_line(str(members))}", True)
+                    private = "  invite-only" if room.get("private") else ""
+                    self._print(f"* #{room_name} {one_line(str(members))}{private}", True)
             except ApiError as error:
                 self._note(f"chat-tui: {one_line(str(error))}")
         else:
@@ -205,13 +207,16 @@ class PlainSession:
                 timeout=self.options.timeout,
                 return_when=asyncio.FIRST_COMPLETED,
             )
+            if link_task in done and self.closed_room:
+                # The owner's own /close ends the room and the run: that is what was asked.
+                return EXIT_FAILED if self.failed else EXIT_OK
             if link_task in done:
                 error = link_task.exception()
                 message = str(error) if isinstance(error, LinkFailed) else repr(error)
                 print(f"chat-tui: {one_line(message)}", file=self.err, flush=True)
                 return EXIT_FAILED
             if done_task in done or self._complete_enough():
-                return EXIT_OK
+                return EXIT_FAILED if self.failed else EXIT_OK
             print(f"chat-tui: timed out after {self.options.timeout:g}s", file=self.err, flush=True)
             return EXIT_TIMEOUT
         finally:
@@ -241,7 +246,7 @@ async def _lines(stdin: TextIO) -> AsyncIterator[str]:
         lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(fd), "rb")
     )
     try:
-        while line := await reader.readline():
-            yield line.decode("utf-8", errors="replace")
+        while raw := await reader.readline():
+            yield raw.decode("utf-8", errors="replace")
     finally:
         transport.close()

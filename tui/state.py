@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
+from typing import IO
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -98,3 +99,38 @@ class InputHistory:
             return None
         self._index += 1
         return self._draft if self._index == len(self.lines) else self.lines[self._index]
+
+
+class ProfileLock:
+    """Held for as long as a client runs, so a second client on the same profile can tell the
+    user that both are one identity instead of silently sharing it.
+
+    Best effort: where the lock cannot be taken or checked (no `fcntl`, unwritable directory),
+    the profile counts as free.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> bool:
+        """False when another running client holds this profile."""
+        try:
+            import fcntl
+        except ImportError:
+            return True
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            file = self.path.open("a", encoding="utf-8")
+        except OSError:
+            return True
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.close()
+            return False
+        except OSError:
+            file.close()
+            return True
+        self._file = file
+        return True

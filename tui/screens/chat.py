@@ -18,14 +18,24 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, TabbedContent
-from textual.worker import Worker
+from textual.worker import Worker, WorkerState
 
-from shared.protocol import Event, name_error, room_error, sender_label
+from shared.protocol import Event, room_error, sender_label
 from shared.sanitize import one_line
-from tui.commands import COMMANDS, Command, CommandError, is_command, literal, parse
-from tui.connection import Backoff, LinkFailed, RoomLink, State, Status
+from tui.client.commands import (
+    COMMANDS,
+    REGISTER_HINT,
+    Command,
+    CommandError,
+    is_command,
+    literal,
+    parse,
+)
+from tui.client.events import describe
+from tui.client.link import Backoff, LinkFailed, RoomLink, State, Status
+from tui.client.room import Effects, mentions
 from tui.http_api import ApiError, list_rooms
-from tui.lines import LineFormatter, mentions
+from tui.lines import LineFormatter
 from tui.messages import LinkChanged, RoomEvent
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.help import HelpScreen
@@ -40,20 +50,37 @@ if TYPE_CHECKING:
 
 HISTORY_PAGE = 100
 UNREAD_TAG = "unread"
+DM_PROMPT_TAG = "dm-prompt"
+# A link worker that failed (a bug, not the network) is started again after this many seconds.
+RESTART_DELAY = 2.0
+# Events that are not the room's own and so do not end its replay.
+_AFTER_REPLAY_WAITS = frozenset({"dm", "dm_request", "dm_accepted", "dm_declined", "read"})
+
 # The status line shows the most pressing state; a room that gave up (kicked, refused) only
 # counts as offline when no other room is connected.
 _STATE_RANK = {State.OFFLINE: 0, State.CONNECTED: 1, State.CONNECTING: 2, State.RECONNECTING: 3}
+
+
+def _ends_replay(event: Event) -> bool:
+    """The room's own event, not a replayed message: the replay is over (or was cut short)."""
+    kind = event.get("type")
+    return kind not in _AFTER_REPLAY_WAITS and not (kind == "message" and event.get("replay"))
 
 
 class ChatScreen(Screen[None]):
     BINDINGS = [  # noqa: RUF012
         Binding("ctrl+n", "cycle_tab(1)", "Next tab", id="next_tab"),
         Binding("ctrl+p", "cycle_tab(-1)", "Prev tab", id="prev_tab"),
-        Binding("alt+a", "next_mention", "Next mention", id="next_mention"),
+        # Ctrl+G arrives intact in every terminal; Alt needs one that sends ESC for Alt (tmux,
+        # screen, GNOME, xterm with metaSendsEscape, macOS with Option as Meta). Alt keys are
+        # priority: otherwise the input takes Alt+A's character and types an `a`.
+        Binding("ctrl+g,alt+a", "next_mention", "Next mention", id="next_mention", priority=True),
         Binding("pageup", "page(-1)", "Older", show=False, id="page_up"),
         Binding("pagedown", "page(1)", "Newer", show=False, id="page_down"),
         *[
-            Binding(f"alt+{n}", f"goto_tab({n})", f"Tab {n}", show=False, id=f"tab_{n}")
+            Binding(
+                f"alt+{n}", f"goto_tab({n})", f"Tab {n}", show=False, id=f"tab_{n}", priority=True
+            )
             for n in range(1, 10)
         ],
     ]
@@ -66,6 +93,8 @@ class ChatScreen(Screen[None]):
         self.statuses: dict[str, Status] = {}
         self.seen_dms: set[object] = set()
         self._retry_at: dict[str, float] = {}
+        self._down: set[str] = set()
+        self._dm_opens: set[str] = set()
         self._read_timers: dict[str, Timer] = {}
         self._ids = count(1)
 
@@ -125,16 +154,21 @@ class ChatScreen(Screen[None]):
             self.chat.config.server,
             room,
             self.chat.identity,
-            lambda event: self.post_message(RoomEvent(room, event)),
+            lambda event, request: self.post_message(RoomEvent(room, event, request)),
             lambda status: self.post_message(LinkChanged(status)),
             backlog=self.chat.config.backlog,
             backoff=Backoff(cap=self.chat.config.reconnect_max_seconds),
         )
+        if not self.links and self.chat.wanted_name:
+            # Queued before anything can be typed, so no line goes out under the old name.
+            link.send({"type": "nick", "name": self.chat.wanted_name})
         self.links[room] = link
         self.link_workers[room] = self._run_link(link, pane)
 
     @work(group="links", exit_on_error=False)
     async def _run_link(self, link: RoomLink, pane: RoomPane) -> None:
+        """Runs until cancelled or refused; any other exception is a bug, handled by
+        `on_worker_state_changed` so the tab does not go silently dead."""
         try:
             await link.run()
         except LinkFailed as failed:
@@ -145,6 +179,29 @@ class ChatScreen(Screen[None]):
                 self.link_workers.pop(link.room, None)
                 self.statuses[link.room] = Status(link.room, State.OFFLINE, detail=str(failed))
                 self._show_status()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A link worker that raised: say so in its tab and start it again after a pause."""
+        if event.state != WorkerState.ERROR:
+            return
+        room = next((r for r, w in self.link_workers.items() if w is event.worker), None)
+        if room is None:
+            return
+        error = event.worker.error
+        pane, link = self.panes.get(room), self.links.get(room)
+        if pane is not None:
+            what = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
+            pane.chat_log.write(self.formatter.error(f"connection failed ({what}); restarting"))
+        if link is not None:
+            self.statuses[room] = Status(room, State.RECONNECTING, RESTART_DELAY, "client error")
+            self._retry_at[room] = time.monotonic() + RESTART_DELAY
+            self._show_status()
+            self.set_timer(RESTART_DELAY, lambda: self._restart_link(room, link))
+
+    def _restart_link(self, room: str, link: RoomLink) -> None:
+        pane = self.panes.get(room)
+        if self.links.get(room) is link and pane is not None:
+            self.link_workers[room] = self._run_link(link, pane)
 
     def close_pane(self, pane: RoomPane) -> None:
         key = pane.key
@@ -174,21 +231,19 @@ class ChatScreen(Screen[None]):
         elif pane.is_dm:
             members.show([name for name in (self.me, pane.peer) if name], self.me, dark, "Direct")
         else:
-            members.show(sorted(pane.members), self.me, dark)
+            members.show(sorted(pane.state.members), self.me, dark)
 
     def _completion_names(self) -> list[str]:
         pane = self.active_pane()
         if pane is None:
             return []
-        return [pane.peer] if pane.is_dm else [n for n in pane.members if n != self.me]
+        return [pane.peer] if pane.is_dm else [n for n in pane.state.members if n != self.me]
 
     @on(TabbedContent.TabActivated)
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
         pane = self.active_pane()
         if pane is not None:
-            pane.unread = 0
-            pane.mentioned = False
-            pane.receipts.unread.clear()
+            pane.state.looked_at()
             self._relabel(pane)
             self._report_read(pane)
         self._show_members()
@@ -200,8 +255,10 @@ class ChatScreen(Screen[None]):
         event = message.event
         kind = event.get("type")
         pane = self.panes.get(message.room)
+        if pane is not None and pane.after_replay and _ends_replay(event):
+            self._after_replay(pane)
         if kind == "dm":
-            self._dm(event)
+            self._dm(event, message.request)
         elif kind in ("dm_request", "dm_accepted", "dm_declined"):
             self._dm_consent(event)
         elif pane is None:
@@ -219,7 +276,7 @@ class ChatScreen(Screen[None]):
         elif kind == "history":
             self._history(pane, event)
         elif kind == "error":
-            self._error(pane, event)
+            self._error(pane, event, message.request)
         elif kind in ("topic", "kick", "closed", "private", "invited", "removed", "owner"):
             self._owner_event(pane, event)
         elif kind == "read":
@@ -230,41 +287,36 @@ class ChatScreen(Screen[None]):
 
     def _welcome(self, pane: RoomPane, event: Event) -> None:
         fmt, clock = self.formatter, self.chat.clock
-        members = event.get("members")
-        names = members if isinstance(members, list) else []
-        pane.members = {m for m in names if isinstance(m, str)}
-        self._welcome_marker(pane, event)
-        if event.get("recovered") is False:
+        effects = pane.state.apply(event, self.me)
+        self._redraw(pane, effects)
+        if effects.gap:
             pane.chat_log.write(fmt.gap())
-            pane.oldest_seq = None
-            pane.history_done = False
-        elif "recovered" not in event:
+        elif effects.joined:
             you = str(event.get("you", ""))
-            pane.chat_log.write(fmt.system(clock.now(), f"you joined #{pane.key} as {you}"))
+            pane.after_replay = [fmt.system(clock.now(), f"you joined #{pane.key} as {you}")]
             if isinstance(event.get("topic"), str):
-                pane.chat_log.write(fmt.system(clock.now(), f"topic: {event['topic']}"))
+                pane.after_replay.append(fmt.system(clock.now(), f"topic: {event['topic']}"))
             if event.get("private") is True:
-                pane.chat_log.write(fmt.system(clock.now(), "this room is invite-only"))
-        if self.chat.wanted_name and self.me != self.chat.wanted_name:
-            link = self.links.get(pane.key)
-            if link is not None:
-                link.send({"type": "nick", "name": self.chat.wanted_name})
-            self.chat.wanted_name = None
+                pane.after_replay.append(fmt.system(clock.now(), "this room is invite-only"))
+            replay = event.get("replay")
+            pane.replay_left = replay if isinstance(replay, int) and replay > 0 else 0
+            if not pane.replay_left:
+                self._after_replay(pane)
         self._show_members()
         self._show_status()
 
-    def _welcome_marker(self, pane: RoomPane, event: Event) -> None:
-        """Seqs of a new epoch say nothing about the old one, so read state starts over."""
-        marker = event.get("read")
-        marker = marker if isinstance(marker, int) else 0
-        epoch = event.get("epoch")
-        if epoch != pane.epoch:
-            pane.epoch = epoch if isinstance(epoch, str) else None
-            pane.receipts.reset(marker)
-            pane.show_seen([])
-        else:
-            pane.receipts.read_by_me(marker)
-        self._sync_unread(pane)
+    def _after_replay(self, pane: RoomPane) -> None:
+        """The replay is in (or something else came first): now say who joined."""
+        for line in pane.after_replay:
+            pane.chat_log.write(line)
+        pane.after_replay, pane.replay_left = [], 0
+
+    def _redraw(self, pane: RoomPane, effects: Effects) -> None:
+        """What an event changed besides its own line: the tab label, the "seen by" line."""
+        if effects.unread:
+            self._relabel(pane)
+        if effects.seen:
+            pane.show_seen(pane.state.receipts.seen_by())
 
     def _day_line(self, pane: RoomPane, event: Event) -> None:
         moment = self.chat.clock.local(event.get("ts"))
@@ -274,21 +326,19 @@ class ChatScreen(Screen[None]):
 
     def _message(self, pane: RoomPane, event: Event) -> None:
         sender, text = sender_label(event), str(event.get("text", ""))
-        own = sender == self.me
-        mention = not own and mentions(text, self.me)
+        effects = pane.state.apply(event, self.me)
+        own, mention, live = effects.own, effects.mention, effects.live
         seq = event.get("seq")
-        if isinstance(seq, int) and (pane.oldest_seq is None or seq < pane.oldest_seq):
-            pane.oldest_seq = seq
         self._day_line(pane, event)
-        live = not event.get("replay")
-        if isinstance(seq, int):
-            pane.receipts.shown(seq, own)
-        if not own and (live or (isinstance(seq, int) and pane.receipts.is_unread(seq))):
+        if effects.count:
             self._count_unread(pane, mention, seq if isinstance(seq, int) else None)
         moment = self.chat.clock.local(event.get("ts"))
         pane.chat_log.write(self.formatter.message(moment, sender, text, own=own, mention=mention))
-        if own:
-            pane.show_seen(pane.receipts.seen_by())
+        self._redraw(pane, effects)
+        if not live and pane.replay_left:
+            pane.replay_left -= 1
+            if not pane.replay_left:
+                self._after_replay(pane)
         if live and mention:
             self._alert(f"{one_line(sender)} in #{one_line(pane.key)}", text, pane)
         if live:
@@ -297,34 +347,15 @@ class ChatScreen(Screen[None]):
     def _count_unread(self, pane: RoomPane, mention: bool, seq: int | None = None) -> None:
         if pane is self.active_pane():
             return
-        if pane.unread == 0:
+        if pane.state.count_unread(mention, seq):
             pane.chat_log.remove_tag(UNREAD_TAG)
             pane.chat_log.write(self.formatter.unread_marker(), tag=UNREAD_TAG)
-        pane.unread += 1
-        pane.mentioned = pane.mentioned or mention
-        if seq is not None:
-            pane.receipts.count_unread(seq, mention)
         self._relabel(pane)
 
     # -- read markers ---------------------------------------------------------------------------
 
     def _read(self, pane: RoomPane, event: Event) -> None:
-        name, seq = event.get("name"), event.get("seq")
-        if pane.is_dm or not isinstance(name, str) or not isinstance(seq, int):
-            return
-        if name == self.me:
-            pane.receipts.read_by_me(seq)
-            self._sync_unread(pane)
-        else:
-            pane.receipts.read_by(name, seq)
-            pane.show_seen(pane.receipts.seen_by())
-
-    def _sync_unread(self, pane: RoomPane) -> None:
-        """A room's unread count is what lies past the marker; another device may have moved it."""
-        unread, mentioned = len(pane.receipts.unread), pane.receipts.mentioned
-        if (unread, mentioned) != (pane.unread, pane.mentioned):
-            pane.unread, pane.mentioned = unread, mentioned
-            self._relabel(pane)
+        self._redraw(pane, pane.state.apply(event, self.me))
 
     def _report_read(self, pane: RoomPane) -> None:
         """Tell the relay what the user has seen: the active room's newest message, in view.
@@ -342,16 +373,17 @@ class ChatScreen(Screen[None]):
             or pane.key in self._read_timers
         ):
             return
-        seq = pane.receipts.wanted()
+        receipts = pane.state.receipts
+        seq = receipts.wanted()
         if seq is None:
             return
         now = time.monotonic()
-        wait = pane.receipts.wait(now)
+        wait = receipts.wait(now)
         if wait > 0:
             self._read_timers[pane.key] = self.set_timer(wait, lambda: self._read_due(pane))
             return
         link.mark_read(seq)
-        pane.receipts.sent(seq, now)
+        receipts.sent(seq, now)
 
     def _read_due(self, pane: RoomPane) -> None:
         self._read_timers.pop(pane.key, None)
@@ -369,14 +401,18 @@ class ChatScreen(Screen[None]):
         if self.chat.config.notify and pane is not self.active_pane():
             self.app.notify(one_line(text)[:200], title=title, markup=False)
 
-    def _dm(self, event: Event) -> None:
+    def _dm(self, event: Event, request: Event | None) -> None:
         dm_id = event.get("id")
         if not isinstance(dm_id, str) or dm_id in self.seen_dms:
             return
         self.seen_dms.add(dm_id)
         sender, recipient = str(event.get("from", "?")), str(event.get("to", "?"))
         own = sender == self.me
-        pane = self._add_pane("@" + (recipient if own else sender), activate=False)
+        # A /msg opens its tab once the relay took it: a user that does not exist gets no tab.
+        opened = request is not None and request.get("cid") in self._dm_opens
+        if opened and request is not None:
+            self._dm_opens.discard(str(request.get("cid")))
+        pane = self._add_pane("@" + (recipient if own else sender), activate=opened)
         self._day_line(pane, event)
         if not own:
             self._count_unread(pane, True)
@@ -398,80 +434,49 @@ class ChatScreen(Screen[None]):
             return
         self.seen_dms.add(key)
         pane = self._add_pane("@" + other, activate=False)
-        fmt = self.formatter
+        text = describe(event) or kind
+        moment = self.chat.clock.local(event.get("ts"))
         if kind == "dm_request":
-            text = f"{other} wants to send you private messages: /accept or /decline"
             self._count_unread(pane, True)
             self._alert(f"DM request from {one_line(other)}", text, pane)
+            pane.chat_log.write(self.formatter.system(moment, text), tag=DM_PROMPT_TAG)
         else:
-            verb = "accepted" if kind == "dm_accepted" else "declined"
-            text = f"{other} {verb} your private messages"
-        pane.chat_log.write(fmt.system(self.chat.clock.local(event.get("ts")), text))
+            pane.chat_log.write(self.formatter.system(moment, text))
 
     def _owner_event(self, pane: RoomPane, event: Event) -> None:
-        kind, by = event["type"], str(event.get("by", "?"))
-        if kind == "topic":
-            text = f"{by} set the topic: {event.get('topic', '')}"
-        elif kind == "kick":
-            text = f"{by} kicked {event.get('name', '?')}"
-        elif kind == "private":
-            text = f"{by} made the room " + ("invite-only" if event.get("private") else "open")
-        elif kind in ("invited", "removed"):
-            text = f"{by} {kind} {event.get('name', '?')} (#{event.get('room', '?')})"
-        elif kind == "owner":
-            text = f"{by} handed the room over to {event.get('owner', '?')}"
-        else:
-            text = f"{by} closed the room"
+        text = describe(event) or str(event["type"])
         pane.chat_log.write(self.formatter.system(self.chat.clock.local(event.get("ts")), text))
 
     def _presence(self, pane: RoomPane, event: Event) -> None:
-        name = str(event.get("name", "?"))
-        if event["type"] == "join":
-            if name in pane.members and name == self.me:
-                return
-            pane.members.add(name)
-            what = "joined"
-        else:
-            pane.members.discard(name)
-            what = "left"
+        if not pane.state.apply(event, self.me).show:
+            return
         moment = self.chat.clock.local(event.get("ts"))
-        pane.chat_log.write(self.formatter.system(moment, f"{name} {what}"))
+        pane.chat_log.write(self.formatter.system(moment, describe(event) or "?"))
         if pane is self.active_pane():
             self._show_members()
 
     def _nick(self, pane: RoomPane, event: Event) -> None:
         old, new = str(event.get("old", "?")), str(event.get("new", "?"))
-        if old in pane.members:
-            pane.members.discard(old)
-            pane.members.add(new)
-        pane.receipts.renamed(old, new)
-        pane.show_seen(pane.receipts.seen_by())
+        self._redraw(pane, pane.state.apply(event, self.me))
         moment = self.chat.clock.local(event.get("ts"))
-        pane.chat_log.write(self.formatter.system(moment, f"{old} is now known as {new}"))
+        pane.chat_log.write(self.formatter.system(moment, describe(event) or new))
         dm = self.panes.get("@" + old)
         if dm is not None and "@" + new not in self.panes:
             del self.panes[dm.key]
-            dm.key = "@" + new
+            dm.state.key = "@" + new
             self.panes[dm.key] = dm
             self._relabel(dm)
         self._show_members()
         self._show_status()
 
     def _members(self, pane: RoomPane, event: Event) -> None:
-        names = [m for m in event.get("members", []) if isinstance(m, str)]
-        pane.members = set(names)
-        pane.chat_log.write(self.formatter.info(f"members of #{pane.key}: {', '.join(names)}"))
+        pane.state.apply(event, self.me)
+        pane.chat_log.write(self.formatter.info(describe(event) or "members"))
         self._show_members()
 
     def _history(self, pane: RoomPane, event: Event) -> None:
         fmt, clock = self.formatter, self.chat.clock
-        older = [
-            message
-            for message in event.get("messages", [])
-            if isinstance(message, dict)
-            and isinstance(message.get("seq"), int)
-            and (pane.oldest_seq is None or message["seq"] < pane.oldest_seq)
-        ]
+        older = pane.state.older(event)
         texts: list[Text] = []
         for message in older:
             sender, text = sender_label(message), str(message.get("text", ""))
@@ -479,48 +484,52 @@ class ChatScreen(Screen[None]):
             mention = not own and mentions(text, self.me)
             moment = clock.local(message.get("ts"))
             texts.append(fmt.message(moment, sender, text, own=own, mention=mention))
-        added = pane.chat_log.prepend(texts)
-        if added:
-            # A full log keeps only the newest part of the page: ask again from there.
-            pane.oldest_seq = min(m["seq"] for m in older[len(older) - added :])
-        if not older or (added == len(older) and pane.oldest_seq == 1):
-            pane.history_done = True
+        if pane.state.paged(older, pane.chat_log.prepend(texts)):
             pane.chat_log.prepend([fmt.info("── beginning of history ──")])
 
-    def _error(self, pane: RoomPane, event: Event) -> None:
-        code, detail = str(event.get("code", "error")), str(event.get("detail", ""))
-        request = event.get("request")
+    def _error(self, pane: RoomPane, event: Event, request: Event | None) -> None:
+        """Shown where the user is looking, naming the request it refused (matched by cid)."""
+        if request is not None:
+            self._dm_opens.discard(str(request.get("cid")))
         target = self.active_pane() or pane
-        if isinstance(request, dict):
-            detail += f" (not sent: {request.get('text', '')})"
-        target.chat_log.write(self.formatter.error(f"{code}: {detail}"))
+        target.chat_log.write(self.formatter.error(describe(event, request) or "error"))
 
     # -- status ---------------------------------------------------------------------------------
 
     def on_link_changed(self, message: LinkChanged) -> None:
+        """The status line follows every attempt; a room's log gets one line per outage."""
         status = message.status
-        if status.room in self.links:
-            self.statuses[status.room] = status
-            self._retry_at[status.room] = time.monotonic() + status.retry_in
-            self._show_status()
-            if status.state == State.CONNECTED and status.room in self.panes:
-                self._report_read(self.panes[status.room])
-            if status.state == State.RECONNECTING and status.room in self.panes:
-                pane = self.panes[status.room]
-                if pane.chat_log.entry_count and status.detail:
-                    pane.chat_log.write(self.formatter.info(f"disconnected: {status.detail}"))
+        if status.room not in self.links:
+            return
+        self.statuses[status.room] = status
+        self._retry_at[status.room] = time.monotonic() + status.retry_in
+        self._show_status()
+        pane = self.panes.get(status.room)
+        if status.state == State.CONNECTED:
+            self._down.discard(status.room)
+            if pane is not None:
+                self._report_read(pane)
+        elif status.state == State.RECONNECTING and status.room not in self._down:
+            self._down.add(status.room)
+            if pane is not None:
+                where = f"{status.url}: {status.detail}" if status.detail else status.url
+                pane.chat_log.write(self.formatter.info(f"cannot reach {where}; retrying"))
 
-    def _overall(self) -> tuple[State, float]:
+    def _overall(self) -> tuple[State, float, str]:
+        """The most pressing state, the seconds to its next try and what failed, where."""
         if not self.statuses:
-            return (State.OFFLINE if not self.links else State.CONNECTING), 0.0
+            return (State.OFFLINE if not self.links else State.CONNECTING), 0.0, ""
         worst = max(self.statuses.values(), key=lambda s: _STATE_RANK[s.state])
         retry_at = self._retry_at.get(worst.room, 0.0)
-        return worst.state, max(0.0, retry_at - time.monotonic())
+        problem = ""
+        if worst.state != State.CONNECTED and worst.detail:
+            problem = f"{worst.detail} ({worst.url})" if worst.url else worst.detail
+        return worst.state, max(0.0, retry_at - time.monotonic()), problem
 
     def _show_status(self) -> None:
-        state, retry_in = self._overall()
+        state, retry_in, problem = self._overall()
         bar = self.query_one(StatusBar)
-        bar.show(state.value, self.me, retry_in)
+        bar.show(state.value, self.me, retry_in, problem)
 
     def _tick_status(self) -> None:
         if self._overall()[0] == State.RECONNECTING:
@@ -571,7 +580,7 @@ class ChatScreen(Screen[None]):
         if pane is not None and pane.key in self.links:
             return self.links[pane.key]
         connected = [link for link in self.links.values() if link.connected]
-        return (connected or list(self.links.values()) or [None])[0]
+        return next(iter(connected or self.links.values()), None)
 
     def _room_link(self, pane: RoomPane | None, command: str) -> RoomLink:
         if pane is None or pane.is_dm:
@@ -605,41 +614,14 @@ class ChatScreen(Screen[None]):
             if pane is None:
                 raise CommandError("no tab to close")
             self.close_pane(pane)
-        elif name == "nick":
-            problem = name_error(arg)
-            if problem:
-                raise CommandError(problem)
-            link = self._link_for(pane)
-            if link is None:
-                raise CommandError("not connected to any room")
-            if arg == self.me:
-                raise CommandError(f"you are already {arg}")
-            link.send({"type": "nick", "name": arg})
-        elif name == "msg":
-            who, text = command.split()
-            dm = self._add_pane("@" + who, activate=True)
-            self.say(dm, text)
-        elif name in ("accept", "decline"):
-            who = arg or (pane.peer if pane is not None and pane.is_dm else "")
-            link = self._link_for(pane)
-            if not who or link is None:
-                raise CommandError(f"usage: /{name} NAME (or use it in the DM tab)")
-            link.send({"type": f"dm_{name}", "from": who})
-        elif name == "topic":
-            self._room_link(pane, name).send({"type": "topic", "text": arg})
-        elif name == "private":
-            if arg not in ("on", "off"):
-                raise CommandError("usage: /private on|off")
-            self._room_link(pane, name).send({"type": "private", "private": arg == "on"})
-        elif name in ("invite", "remove", "owner"):
-            self._room_link(pane, name).send({"type": name, "name": arg})
-        elif name == "logout-everywhere":
-            self._room_link(pane, name).send({"type": "logout_everywhere"})
+        elif name in ("nick", "msg", "accept", "decline", "logout-everywhere"):
+            self._user_request(command, pane)
+        elif name in ("topic", "who", "kick", "close", "private", "invite", "remove", "owner"):
+            request = command.request()
+            if request is not None:
+                self._room_link(pane, name).send(request)
         elif name == "register":
-            hint = "run `chat-tui register` in a shell: it reads the password without echo"
-            self._local(pane, fmt.info(hint))
-        elif name == "who":
-            self._room_link(pane, name).send({"type": "who"})
+            self._local(pane, fmt.info(REGISTER_HINT))
         elif name == "rooms":
             self._list_rooms(pane)
         elif name == "clear":
@@ -648,9 +630,54 @@ class ChatScreen(Screen[None]):
         elif name == "help":
             self.app.push_screen(HelpScreen())
         elif name == "quit":
-            self.app.exit()
+            self.confirm_quit()
         else:
             self._local(pane, fmt.error(f"/{name} is not available here"))
+
+    def _user_request(self, command: Command, pane: RoomPane | None) -> None:
+        """Requests about users rather than a room, carried by any connected link."""
+        peer = pane.peer if pane is not None and pane.is_dm else None
+        request = command.request(peer=peer, me=self.me)
+        link = self._link_for(pane)
+        if request is None:
+            return
+        if link is None:
+            raise CommandError("not connected to any room")
+        if command.name == "msg":
+            limit = link.max_message_bytes
+            if limit is not None and len(str(request["text"]).encode()) > limit:
+                raise CommandError(f"message is longer than {limit} bytes")
+            existing = self.panes.get("@" + str(request["to"]))
+            if existing is not None:
+                self._activate(existing)
+            cid = link.send(request)
+            if existing is None:
+                self._dm_opens.add(cid)
+            if not link.connected:
+                self._local(existing or pane, self.formatter.info("queued until reconnected"))
+            return
+        link.send(request)
+        if command.name in ("accept", "decline"):
+            dm = self.panes.get("@" + str(request["from"]))
+            if dm is not None:
+                dm.chat_log.remove_tag(DM_PROMPT_TAG)
+                verb = "accepted" if command.name == "accept" else "declined"
+                dm.chat_log.write(self.formatter.info(f"you {verb} {request['from']}'s request"))
+
+    def confirm_quit(self) -> None:
+        """Lines not yet taken by the relay are lost on quit: ask first, saying how many."""
+        unsent = sum(link.unsent for link in self.links.values())
+        if not unsent:
+            self.app.exit()
+            return
+        noun = "line is" if unsent == 1 else "lines are"
+        question = Text(f"{unsent} {noun} not sent yet and will be lost.\n\nQuit anyway?")
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.app.exit()
+
+        self.app.push_screen(ConfirmScreen(question, yes="Quit"), answered)
 
     @work(group="http", exit_on_error=False)
     async def _list_rooms(self, pane: RoomPane | None) -> None:
@@ -713,7 +740,7 @@ class ChatScreen(Screen[None]):
         start = panes.index(current) if current in panes else -1
         for offset in range(1, len(panes) + 1):
             pane = panes[(start + offset) % len(panes)]
-            if pane.mentioned:
+            if pane.state.mentioned:
                 self._activate(pane)
                 return
 
@@ -723,8 +750,9 @@ class ChatScreen(Screen[None]):
             return
         if direction < 0 and pane.chat_log.at_top:
             link = self.links.get(pane.key)
-            if link is not None and not pane.history_done and pane.oldest_seq is not None:
-                link.send({"type": "history", "before": pane.oldest_seq, "limit": HISTORY_PAGE})
+            request = pane.state.history_request(HISTORY_PAGE)
+            if link is not None and request is not None:
+                link.send(request)
         elif direction < 0:
             pane.chat_log.scroll_page_up(animate=False)
         else:

@@ -1,4 +1,5 @@
-"""A yes/no question, used before a multi-line paste turns into several messages."""
+"""A yes/no question: before a multi-line paste turns into several messages, and before
+quitting with lines not yet sent."""
 
 from __future__ import annotations
 
@@ -16,15 +17,16 @@ class ConfirmScreen(ModalScreen[bool]):
         Binding("y", "answer(True)", "Yes"),
     ]
 
-    def __init__(self, question: Text) -> None:
+    def __init__(self, question: Text, yes: str = "Send") -> None:
         super().__init__()
         self.question = question
+        self.yes = yes
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm"):
             yield Static(self.question)
             with Horizontal():
-                yield Button("Send (y)", variant="primary", id="yes")
+                yield Button(f"{self.yes} (y)", variant="primary", id="yes")
                 yield Button("Cancel (n)", id="no")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:

@@ -5,19 +5,20 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from tui.commands import help_lines
+from tui.client.commands import help_lines
 
 KEYS = [
     ("Enter", "send the line"),
     ("Up / Down", "walk your input history"),
     ("Tab", "complete a member name or /command (press again to cycle)"),
-    ("Alt+1..9", "go to tab 1..9"),
     ("Ctrl+N / Ctrl+P", "next / previous tab"),
-    ("Alt+A", "next tab with an unread mention"),
+    ("Alt+1..9", "go to tab 1..9"),
+    ("Ctrl+G / Alt+A", "next tab with an unread mention"),
+    ("Ctrl+T / F2", "show or hide the member list (hidden below 70 columns)"),
     ("Page Up / Down", "scroll the log (Page Up at the top loads older history)"),
     ("F1", "this help"),
     ("Ctrl+Q", "quit"),
@@ -36,5 +37,5 @@ class HelpScreen(ModalScreen[None]):
         for line in help_lines():
             text.append(f"  {line}\n")
         text.append("\n  //text sends a message that starts with '/'.  Esc closes.", style="dim")
-        with Vertical(id="help"):
-            yield Static(text)
+        with VerticalScroll(id="help"):
+            yield Static(text, id="help-text")

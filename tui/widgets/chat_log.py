@@ -16,6 +16,7 @@ from textual import events
 from textual.geometry import Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
+from textual.selection import Selection
 from textual.strip import Strip
 
 COMPACT_AFTER = 1024
@@ -72,7 +73,7 @@ class ChatLog(ScrollView, can_focus=True):
         entry = _Entry(text, tag)
         self._entries.append(entry)
         if self._width:
-            strips = self._render(text)
+            strips = self._render_entry(text)
             entry.height = len(strips)
             self._strips.extend(strips)
         removed = 0
@@ -104,7 +105,10 @@ class ChatLog(ScrollView, can_focus=True):
         before = len(self._strips) - self._offset
         self._rebuild()
         self.scroll_to(
-            y=self.scroll_y + (len(self._strips) - before), animate=False, immediate=True
+            y=self.scroll_y + (len(self._strips) - before),
+            animate=False,
+            immediate=True,
+            force=True,
         )
         return len(added)
 
@@ -123,7 +127,8 @@ class ChatLog(ScrollView, can_focus=True):
 
     # -- rendering ------------------------------------------------------------------------------
 
-    def _render(self, text: Text) -> list[Strip]:
+    def _render_entry(self, text: Text) -> list[Strip]:
+        """Not `_render`: that name is Textual's, called to copy a selection."""
         console = self.app.console
         options = console.options.update_width(self._width)
         lines = console.render_lines(text, options, pad=True)
@@ -134,7 +139,7 @@ class ChatLog(ScrollView, can_focus=True):
         self._offset = 0
         if self._width:
             for entry in self._entries:
-                strips = self._render(entry.text)
+                strips = self._render_entry(entry.text)
                 entry.height = len(strips)
                 self._strips.extend(strips)
         self._update_size()
@@ -148,8 +153,8 @@ class ChatLog(ScrollView, can_focus=True):
         if width != self._width and width > 0:
             self._width = width
             self._rebuild()
-            if self._following:
-                self._follow()
+        if self._following:
+            self._follow()
 
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
@@ -157,7 +162,27 @@ class ChatLog(ScrollView, can_focus=True):
         index = self._offset + scroll_y + y
         if index >= len(self._strips):
             return Strip.blank(width, self.rich_style)
-        return self._strips[index].crop_extend(scroll_x, scroll_x + width, self.rich_style)
+        strip = self._strips[index]
+        selection = self.text_selection
+        if selection is not None and (span := selection.get_span(scroll_y + y)) is not None:
+            start, end = span
+            end = strip.cell_length if end < 0 else end
+            style = self.screen.get_component_rich_style("screen--selection")
+            chosen = strip.crop(start, end).apply_style(style)
+            strip = Strip.join([strip.crop(0, start), chosen, strip.crop(end)])
+        strip = strip.crop_extend(scroll_x, scroll_x + width, self.rich_style)
+        # Offsets tell the screen which character the mouse is on, for selecting text.
+        return strip.apply_offsets(scroll_x, scroll_y + y)
+
+    # -- selecting and copying ------------------------------------------------------------------
+
+    def get_selection(self, selection: Selection) -> tuple[str, str] | None:
+        """The selected text, as wrapped on screen (so selection offsets match)."""
+        text = "\n".join(strip.text.rstrip() for strip in self._strips[self._offset :])
+        return selection.extract(text), "\n"
+
+    def selection_updated(self, selection: Selection | None) -> None:
+        self.refresh()
 
     # -- following the bottom -------------------------------------------------------------------
 
@@ -176,7 +201,7 @@ class ChatLog(ScrollView, can_focus=True):
     def _to_end(self) -> None:
         self._end_pending = False
         if self._following:
-            self.scroll_end(animate=False, immediate=True, x_axis=False)
+            self.scroll_end(animate=False, immediate=True, x_axis=False, force=True)
 
     @property
     def at_bottom(self) -> bool:

@@ -10,7 +10,7 @@ from textual.content import Content
 from textual.widgets import Label, TabPane
 
 from shared.sanitize import one_line
-from tui.receipts import ReadReceipts
+from tui.client.room import RoomState
 from tui.widgets.chat_log import ChatLog
 
 SEEN_NAMES = 5
@@ -21,23 +21,26 @@ class RoomPane(TabPane):
     (Unicode letters, dots) are not valid Textual ids."""
 
     def __init__(self, key: str, pane_id: str, max_lines: int) -> None:
-        self.key = key
-        self.is_dm = key.startswith("@")
-        self.unread = 0
-        self.mentioned = False
+        self.state = RoomState(key)
         super().__init__(Content.from_rich_text(self.title_text()), id=pane_id)
-        self.members: set[str] = set()
         self.last_day: date | None = None
-        self.oldest_seq: int | None = None
-        self.history_done = False
-        self.epoch: str | None = None
-        self.receipts = ReadReceipts()
+        # "you joined" waits for the replayed messages, which are older, so times run forward.
+        self.after_replay: list[Text] = []
+        self.replay_left = 0
         self.chat_log = ChatLog(max_lines)
         self.seen_label = Label(classes="seen")
 
     @property
+    def key(self) -> str:
+        return self.state.key
+
+    @property
+    def is_dm(self) -> bool:
+        return self.state.is_dm
+
+    @property
     def peer(self) -> str:
-        return self.key[1:]
+        return self.state.peer
 
     def compose(self) -> ComposeResult:
         yield self.chat_log
@@ -47,9 +50,9 @@ class RoomPane(TabPane):
     def title_text(self) -> Text:
         """The tab label: name, unread count, and a mark for mentions; never markup."""
         label = Text(one_line(self.key if self.is_dm else f"#{self.key}"))
-        if self.unread:
-            label.append(f" {self.unread}", style="bold")
-        if self.mentioned:
+        if self.state.unread:
+            label.append(f" {self.state.unread}", style="bold")
+        if self.state.mentioned:
             label.append(" @", style="bold red")
         return label
 

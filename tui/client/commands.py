@@ -1,8 +1,14 @@
-"""Slash commands, parsed the same way by the full-screen app and by `--plain`."""
+"""Slash commands, parsed the same way by the full-screen app and by `--plain`.
+
+`parse` turns a line into a `Command`; `Command.request` turns the commands that are plain relay
+requests into the request to send, so both front ends send exactly the same thing.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from shared.protocol import Event, name_error
 
 # name -> (argument synopsis, help text, needs an argument)
 COMMANDS: dict[str, tuple[str, str, bool]] = {
@@ -13,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "accept": ("[NAME]", "accept NAME's request to send you private messages", False),
     "decline": ("[NAME]", "decline NAME's request to send you private messages", False),
     "topic": ("TEXT", "set the room topic (room owner only)", True),
+    "kick": ("NAME", "remove NAME from the room (room owner only)", True),
+    "close": ("", "close the room for everyone in it (room owner only)", False),
     "private": ("on|off", "make the room invite-only, or open it (owner only)", True),
     "invite": ("NAME", "let NAME into the invite-only room (owner only)", True),
     "remove": ("NAME", "take NAME out of the invite-only room (owner only)", True),
@@ -25,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "help": ("", "show keys and commands", False),
     "quit": ("", "leave every room and exit", False),
 }
+
+
+# /register is not a relay request: a password must not be typed where it is echoed.
+REGISTER_HINT = "run `chat-tui register` in a shell: it reads the password without echo"
 
 
 class CommandError(Exception):
@@ -40,6 +52,43 @@ class Command:
         """`/msg NAME TEXT` style: first word and the rest."""
         head, _, rest = self.arg.partition(" ")
         return head, rest.strip()
+
+    def request(self, peer: str | None = None, me: str | None = None) -> Event | None:
+        """The relay request this command sends, or None for a command the client runs itself.
+
+        `peer` is the other user of the DM tab it was typed in (for a bare /accept), `me` the
+        current name (a /nick to it would be answered by nothing). Raises CommandError for a
+        request the relay would refuse anyway.
+        """
+        name, arg = self.name, self.arg
+        if name == "nick":
+            problem = name_error(arg)
+            if problem:
+                raise CommandError(problem)
+            if arg == me:
+                raise CommandError(f"you are already {arg}")
+            return {"type": "nick", "name": arg}
+        if name == "msg":
+            to, text = self.split()
+            return {"type": "dm", "to": to, "text": text}
+        if name in ("accept", "decline"):
+            who = arg or peer
+            if not who:
+                raise CommandError(f"usage: /{name} NAME (or use it in the DM tab)")
+            return {"type": f"dm_{name}", "from": who}
+        if name == "topic":
+            return {"type": "topic", "text": arg}
+        if name == "private":
+            if arg not in ("on", "off"):
+                raise CommandError("usage: /private on|off")
+            return {"type": "private", "private": arg == "on"}
+        if name in ("kick", "invite", "remove", "owner"):
+            return {"type": name, "name": arg}
+        if name == "logout-everywhere":
+            return {"type": "logout_everywhere"}
+        if name in ("who", "close"):
+            return {"type": name}
+        return None
 
 
 def is_command(line: str) -> bool:
