@@ -87,9 +87,16 @@ def test_double_click_and_ctrl_c_copy_from_the_log(
     alice.line("copy this wombat")
     screen = alice.wait_for("alice copy this wombat").splitlines()
     row = next(i for i, line in enumerate(screen) if "copy this wombat" in line)
-    alice.click(10, row, times=2)
-    alice.keys("C-c")
-    alice.wait(lambda _: "copy this wombat" in alice.clipboard(), what="the copied log")
+    for _ in range(5):  # a loaded machine may see two slow clicks as two single clicks
+        alice.click(10, row, times=2)
+        alice.keys("C-c")
+        try:
+            alice.wait(lambda _: "copy this wombat" in alice.clipboard(), 4, "the copied log")
+            break
+        except AssertionError:
+            assert not alice.exited(), alice.screen()
+    assert "copy this wombat" in alice.clipboard()
+    assert "alice copy this wombat" in alice.screen(), "the selected text must stay visible"
     alice.click(10, next(i for i, line in enumerate(alice.lines()) if "Message, or" in line))
     alice.line("still here")
     alice.wait_for("alice still here")

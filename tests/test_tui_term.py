@@ -20,6 +20,7 @@ from tests.test_tui_app import SIZE, has_line, lines, make_app, until
 from tui import cli
 from tui.config import profile_error, state_dir
 from tui.lines import LineFormatter
+from tui.widgets.chat_input import ChatInput
 from tui.widgets.chat_log import ChatLog
 
 
@@ -46,6 +47,9 @@ async def test_double_click_and_ctrl_c_copy_a_word_from_the_log():
         log.write(Text("12:01 bob goodbye"))
         await pilot.pause()
         await pilot.double_click(ChatLog, offset=(20, 0))
+        for segment in log.render_line(0):
+            # Selected text stays readable: not painted in the selection's background colour.
+            assert segment.style is None or segment.style.color != segment.style.bgcolor
         await pilot.press("ctrl+c")
         await pilot.pause()
         assert app.is_running
@@ -214,3 +218,16 @@ async def test_the_help_screen_lays_its_text_out(relay, room):
         await pilot.pause()
         text = app.screen.query_one(Static)
         assert text.size.width >= 60 and text.size.height >= 20
+
+
+async def test_typing_while_the_log_has_focus_goes_to_the_input(relay, room):
+    """Clicking the log (to copy) focuses it; the next keys typed must not vanish."""
+    app = make_app(relay, [room])
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: has_line(app, room, "you joined"), what="the join line")
+        app.screen.panes[room].chat_log.focus()
+        await pilot.pause()
+        await pilot.press(*"hi there")
+        await until(pilot, lambda: app.screen.query_one(ChatInput).value == "hi there")
+        await pilot.press("enter")
+        await until(pilot, lambda: has_line(app, room, "hi there"), what="the message")

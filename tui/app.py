@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import cast
 
+from textual import events
 from textual._ansi_sequences import ANSI_SEQUENCES_KEYS
 from textual.app import App
 from textual.binding import Binding
@@ -15,6 +16,7 @@ from tui.config import Config, state_dir
 from tui.screens.chat import ChatScreen
 from tui.screens.help import HelpScreen
 from tui.state import InputHistory, ProfileLock, TokenStore
+from tui.widgets.chat_input import ChatInput
 
 NARROW_BELOW = 70
 
@@ -85,6 +87,16 @@ class ChatApp(App[None]):
                 severity="warning",
                 timeout=15,
             )
+
+    def on_key(self, event: events.Key) -> None:
+        """Typing while the log has focus (clicked to copy) goes to the input, not nowhere."""
+        screen = self.screen
+        if isinstance(screen, ChatScreen) and event.is_printable and event.character:
+            chat_input = screen.query_one(ChatInput)
+            if self.focused is not chat_input:
+                chat_input.focus()
+                chat_input.insert_text_at_cursor(event.character)
+                event.stop()
 
     def _store_token(self, token: str) -> None:
         if self.tokens is not None:

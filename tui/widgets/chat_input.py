@@ -35,7 +35,9 @@ class ChatInput(Input):
         *,
         id: str | None = None,
     ) -> None:
-        super().__init__(placeholder="Message, or /help", id=id)
+        # Focus coming back (a click, a key typed in the log) must not select the draft, or
+        # the next key typed would replace it.
+        super().__init__(placeholder="Message, or /help", id=id, select_on_focus=False)
         self.history = history
         self._names = names
         self._commands = list(commands)

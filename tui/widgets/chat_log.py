@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.geometry import Size
@@ -167,7 +168,7 @@ class ChatLog(ScrollView, can_focus=True):
         if selection is not None and (span := selection.get_span(scroll_y + y)) is not None:
             start, end = span
             end = strip.cell_length if end < 0 else end
-            style = self.screen.get_component_rich_style("screen--selection")
+            style = self._selection_style()
             chosen = strip.crop(start, end).apply_style(style)
             strip = Strip.join([strip.crop(0, start), chosen, strip.crop(end)])
         strip = strip.crop_extend(scroll_x, scroll_x + width, self.rich_style)
@@ -180,6 +181,16 @@ class ChatLog(ScrollView, can_focus=True):
         """The selected text, as wrapped on screen (so selection offsets match)."""
         text = "\n".join(strip.text.rstrip() for strip in self._strips[self._offset :])
         return selection.extract(text), "\n"
+
+    def _selection_style(self) -> Style:
+        """The theme's selection colours over this log's background. Most themes give the
+        selection a "transparent" foreground, meaning the text keeps its colour; as a Rich
+        style it would paint the text in the background colour and hide it."""
+        styles = self.screen.get_component_styles("screen--selection")
+        background = self.background_colors[1] + styles.background
+        foreground = styles.color
+        color = (background + foreground).rich_color if foreground.a > 0 else None
+        return Style(bgcolor=background.rich_color, color=color)
 
     def selection_updated(self, selection: Selection | None) -> None:
         self.refresh()
