@@ -18,9 +18,7 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/chat-relay demo
 
-test: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+test: lint
 	$(BIN)/pytest -q
 
 # The property test of tests/test_fuzz.py at length (`make test` runs 150 examples).
@@ -31,6 +29,7 @@ fuzz: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff format .

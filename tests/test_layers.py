@@ -1,0 +1,48 @@
+"""The layering rules: cores that a test can drive without a socket or a screen.
+
+Each module is imported in a clean interpreter and what it pulled in is read from sys.modules,
+so a rule broken by a transitive import fails here instead of being found in review.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+# Not sqlite3 yet: the accounts registry (relay/accounts.py) is SQLite itself, not a backend
+# behind an interface; issue 11 splits the store along its concerns.
+FRAMEWORKS = ("asyncio", "starlette", "uvicorn", "textual", "websockets")
+RULES = {
+    # The relay's core: rooms, members, fan-out, identities. No event loop, server or database.
+    "relay.core": FRAMEWORKS,
+    "relay.names": FRAMEWORKS,
+    "relay.store": FRAMEWORKS,
+    # Both sides' shared protocol code depends on neither side.
+    "shared.protocol": (*FRAMEWORKS, "relay", "tui"),
+    "shared.sanitize": (*FRAMEWORKS, "relay", "tui"),
+    # The client core and the headless front end never load Textual.
+    "tui.client.room": ("textual",),
+    "tui.client.commands": ("textual",),
+    "tui.client.events": ("textual",),
+    "tui.plain": ("textual",),
+}
+
+
+def imported_roots(module: str) -> set[str]:
+    probe = (
+        f"import sys, json; import {module}; "
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    return set(json.loads(result.stdout))
+
+
+@pytest.mark.parametrize("module", sorted(RULES))
+def test_module_keeps_to_its_layer(module: str) -> None:
+    forbidden = set(RULES[module]) & imported_roots(module)
+    assert not forbidden, f"{module} imports {sorted(forbidden)}"
