@@ -24,7 +24,6 @@ from shared.protocol import Event, room_error, sender_label
 from shared.sanitize import one_line
 from tui.client.commands import (
     COMMANDS,
-    REGISTER_HINT,
     Command,
     CommandError,
     is_command,
@@ -39,6 +38,7 @@ from tui.lines import LineFormatter
 from tui.messages import LinkChanged, RoomEvent
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.help import HelpScreen
+from tui.screens.register import RegisterScreen, SendRefused
 from tui.widgets.chat_input import ChatInput
 from tui.widgets.chat_log import ChatLog
 from tui.widgets.member_list import MemberList
@@ -65,6 +65,13 @@ def _ends_replay(event: Event) -> bool:
     """The room's own event, not a replayed message: the replay is over (or was cut short)."""
     kind = event.get("type")
     return kind not in _AFTER_REPLAY_WAITS and not (kind == "message" and event.get("replay"))
+
+
+def _may_hold_password(line: str) -> bool:
+    """`/register something`: the something may be a password typed in the wrong place, so the
+    line is refused and never kept in the input history."""
+    head, _, rest = line.strip().partition(" ")
+    return head.lower() == "/register" and bool(rest.strip())
 
 
 class ChatScreen(Screen[None]):
@@ -95,6 +102,7 @@ class ChatScreen(Screen[None]):
         self._retry_at: dict[str, float] = {}
         self._down: set[str] = set()
         self._dm_opens: set[str] = set()
+        self._register: RegisterScreen | None = None
         self._read_timers: dict[str, Timer] = {}
         self._ids = count(1)
 
@@ -261,6 +269,8 @@ class ChatScreen(Screen[None]):
             self._dm(event, message.request)
         elif kind in ("dm_request", "dm_accepted", "dm_declined"):
             self._dm_consent(event)
+        elif kind == "registered":
+            self._registered(event, message.request)
         elif pane is None:
             return
         elif kind == "welcome":
@@ -277,6 +287,7 @@ class ChatScreen(Screen[None]):
             self._history(pane, event)
         elif kind == "error":
             self._error(pane, event, message.request)
+
         elif kind in ("topic", "kick", "closed", "private", "invited", "removed", "owner"):
             self._owner_event(pane, event)
         elif kind == "read":
@@ -491,6 +502,10 @@ class ChatScreen(Screen[None]):
         """Shown where the user is looking, naming the request it refused (matched by cid)."""
         if request is not None:
             self._dm_opens.discard(str(request.get("cid")))
+            dialog = self._register
+            if dialog is not None and request.get("cid") == dialog.pending:
+                dialog.refused(describe(event) or "refused")
+                return
         target = self.active_pane() or pane
         target.chat_log.write(self.formatter.error(describe(event, request) or "error"))
 
@@ -544,7 +559,8 @@ class ChatScreen(Screen[None]):
         chat_input.value = ""
         if not line.strip():
             return
-        chat_input.history.add(line)
+        if not _may_hold_password(line):
+            chat_input.history.add(line)
         self.submit(line)
 
     def submit(self, line: str) -> None:
@@ -621,7 +637,9 @@ class ChatScreen(Screen[None]):
             if request is not None:
                 self._room_link(pane, name).send(request)
         elif name == "register":
-            self._local(pane, fmt.info(REGISTER_HINT))
+            if command.arg:
+                raise CommandError("/register takes no argument: type the password in its dialog")
+            self._open_register(pane)
         elif name == "rooms":
             self._list_rooms(pane)
         elif name == "clear":
@@ -633,6 +651,28 @@ class ChatScreen(Screen[None]):
             self.confirm_quit()
         else:
             self._local(pane, fmt.error(f"/{name} is not available here"))
+
+    def _open_register(self, pane: RoomPane | None) -> None:
+        def send(password: str) -> str:
+            link = self._link_for(pane)
+            if link is None:
+                raise SendRefused("not connected to any room")
+            return link.send({"type": "register", "password": password})
+
+        self._register = RegisterScreen(self.me, send)
+        self.app.push_screen(self._register, lambda _: self._forget_register())
+
+    def _forget_register(self) -> None:
+        self._register = None
+
+    def _registered(self, event: Event, request: Event | None) -> None:
+        """Every connection of ours hears it: store the new token once, tell the dialog."""
+        token, name = str(event.get("token", "")), str(event.get("name", ""))
+        if token and token != self.chat.identity.token:
+            self.chat.identity.welcomed(token, name or self.me or "")
+        dialog = self._register
+        if dialog is not None and request is not None and request.get("cid") == dialog.pending:
+            dialog.registered(one_line(name))
 
     def _user_request(self, command: Command, pane: RoomPane | None) -> None:
         """Requests about users rather than a room, carried by any connected link."""
