@@ -220,7 +220,9 @@ async def test_plain_owner_kicks_and_closes(relay, room, tmp_path):
     and the owner's run ends with 0 (the room closing was what it asked for)."""
     args = ["--plain", "connect", room, *server(relay)]
     owner_dir = tmp_path / "owner"
-    first = await run_async(args, env_dir=owner_dir)
+    # A message keeps the room (and its owner) after the owner leaves: a room with no members
+    # and no history is forgotten, and its next joiner would own it.
+    first = await run_async(args, stdin="mine\n", env_dir=owner_dir)
     assert first.returncode == 0, first.stderr
     victim = await JsonClient.connect(relay.url(room))
     bystander = await JsonClient.connect(relay.url(room))
