@@ -73,3 +73,21 @@ async def test_register_in_a_masked_dialog_then_log_in_elsewhere(
         wrong = await http.post("/login", json={"name": name, "password": SHORT + "-wrong"})
     assert answer.status_code == 200 and answer.json()["name"] == name
     assert wrong.status_code == 401
+
+
+async def test_register_without_a_connection_says_so_and_sends_nothing(relay_factory, room):
+    relay = relay_factory()
+    app = make_app(relay, [room])
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: connected(app, room), what="connect")
+        relay.stop()
+        await until(pilot, lambda: not connected(app, room), what="the relay gone")
+        await type_line(pilot, "/register")
+        await until(pilot, lambda: dialog(app) is not None, what="the dialog")
+        modal = dialog(app)
+        assert modal is not None
+        await type_password(pilot, PASSWORD)
+        assert "not connected" in modal.status and modal.pending is None
+        await pilot.press("escape")
+        await until(pilot, lambda: dialog(app) is None, what="the dialog closed")
+        assert app.screen.links[room].unsent == 0

@@ -103,6 +103,7 @@ class ChatScreen(Screen[None]):
         self._down: set[str] = set()
         self._dm_opens: set[str] = set()
         self._register: RegisterScreen | None = None
+        self._register_room: str | None = None
         self._read_timers: dict[str, Timer] = {}
         self._ids = count(1)
 
@@ -520,6 +521,10 @@ class ChatScreen(Screen[None]):
         self._retry_at[status.room] = time.monotonic() + status.retry_in
         self._show_status()
         pane = self.panes.get(status.room)
+        dialog = self._register
+        dropped = status.state in (State.RECONNECTING, State.OFFLINE)
+        if dialog is not None and dialog.pending and dropped and status.room == self._register_room:
+            dialog.refused("the connection dropped before the relay answered: try again")
         if status.state == State.CONNECTED:
             self._down.discard(status.room)
             if pane is not None:
@@ -654,9 +659,11 @@ class ChatScreen(Screen[None]):
 
     def _open_register(self, pane: RoomPane | None) -> None:
         def send(password: str) -> str:
+            # Only on a live link: a password should not wait in a queue for a reconnect.
             link = self._link_for(pane)
-            if link is None:
-                raise SendRefused("not connected to any room")
+            if link is None or not link.connected:
+                raise SendRefused("not connected to the relay: try again once reconnected")
+            self._register_room = link.room
             return link.send({"type": "register", "password": password})
 
         self._register = RegisterScreen(self.me, send)
