@@ -95,6 +95,20 @@ class Registry:
         if path is not None:
             self.db.execute("PRAGMA journal_mode = WAL")
         self.db.executescript(SCHEMA)
+        self._data_version = self._version()
+
+    def _version(self) -> int:
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
+    def changed_elsewhere(self) -> bool:
+        """Whether another connection (`chat-relay tokens revoke`) committed since last asked.
+
+        SQLite's data_version moves only for other connections' commits, so this costs one
+        pragma and no reads while nobody else writes.
+        """
+        version = self._version()
+        changed, self._data_version = version != self._data_version, version
+        return changed
 
     def account(self, subject: str) -> Account | None:
         row = self.db.execute(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from typing import Any
 
 from starlette.applications import Starlette
@@ -35,6 +36,8 @@ _POST_STATUS = {
 _COUNT_DIGITS = 18
 # How long a client refused with 503 should wait: the store retries at most this far apart.
 RETRY_AFTER = "2"
+# How often the relay looks for tokens revoked by `chat-relay tokens revoke` (another process).
+REVOKE_CHECK_SECONDS = 2.0
 
 
 class ChatEndpoint:
@@ -209,6 +212,23 @@ def _count(query: QueryParams, field: str) -> int | None:
 
 def _error(status: int, code: str, detail: str) -> Response:
     return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+async def watch_revocations(hub: Hub, every: float = REVOKE_CHECK_SECONDS) -> None:
+    """Cut connections whose tokens `chat-relay tokens revoke` revoked, until cancelled.
+
+    A timer, not a check per message: the message path stays free of database reads, and a
+    revocation takes effect within `every` seconds.
+    """
+    while True:
+        await asyncio.sleep(every)
+        try:
+            cut = hub.cut_revoked()
+        except sqlite3.Error as error:
+            log.warning("cannot read accounts.db for revoked tokens: %s", error)
+            continue
+        if cut:
+            log.info("closed %d connection(s) of revoked identities", cut)
 
 
 async def drain(hub: Hub, timeout: float) -> None:

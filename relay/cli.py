@@ -21,7 +21,7 @@ from uvicorn.importer import import_from_string
 
 from relay import access, announce, demo, logs
 from relay.accounts import Registry
-from relay.app import create_app, drain
+from relay.app import create_app, drain, watch_revocations
 from relay.core import NAME_GRACE, Hub, Limits
 from relay.direct import write_path
 from relay.jwt_tokens import jwt_signer
@@ -115,9 +115,11 @@ class RelayServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, hub: Hub) -> None:
         super().__init__(config)
         self.hub = hub
+        self.revocations: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        self.revocations = asyncio.create_task(watch_revocations(self.hub))
         addresses: list[tuple[str, int]] = []
         for server in self.servers:
             for sock in server.sockets:
@@ -131,6 +133,8 @@ class RelayServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_SECONDS
+        if self.revocations is not None:
+            self.revocations.cancel()
         for server in self.servers:
             server.close()
         await drain(self.hub, DRAIN_SECONDS - CUT_SECONDS)
@@ -227,10 +231,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    """Bump the identity's token generation in accounts.db; a running relay reads it on login.
-
-    Connections already open stay until they reconnect (or the relay restarts).
-    """
+    """Bump the identity's token generation in accounts.db; a running relay reads it on login,
+    and closes the identity's open connections within a few seconds (relay/app.py)."""
     registry = Registry(args.state_dir / "accounts.db")
     try:
         account = registry.account_named(args.name)

@@ -44,6 +44,7 @@ NAME_GRACE = 30 * 86400.0
 T = TypeVar("T")
 Offload = Callable[[Callable[[], Any], Callable[[Any], None]], None]
 STORE_DOWN = "the relay cannot store messages right now; try again later"
+REVOKED = "token revoked: log in again"
 # Kept DMs go out in pages of about this many characters as the socket takes them.
 HELD_PAGE_CHARS = 64 * 1024
 
@@ -102,7 +103,7 @@ class Outgoing:
 class Client:
     """One connection as the hub sees it; the WebSocket layer supplies delivery and closing."""
 
-    __slots__ = ("address", "json", "room", "strikes", "user")
+    __slots__ = ("address", "generation", "json", "room", "strikes", "user")
 
     def __init__(self, json: bool, address: str = "") -> None:
         self.json = json
@@ -111,6 +112,9 @@ class Client:
         self.user: User | None = None
         self.room: Room | None = None
         self.strikes = 0
+        # The identity's token generation when this connection was admitted: a higher one in
+        # accounts.db later means its tokens were revoked by another process.
+        self.generation = 0
 
     def deliver(self, event: Outgoing) -> bool:
         """Queue `event` without blocking; False when the client is too far behind to keep."""
@@ -233,6 +237,7 @@ class Hub:
                 self.store.set_owner(room_name, user.subject)
         client.user = user
         client.room = room
+        client.generation = self.registry.generation(user.subject)
         self.clients.add(client)
         self.metrics.connections_total += 1
         if client.json:
@@ -310,7 +315,7 @@ class Hub:
         claims = self.signer.claims(token) if token else None
         if claims is not None:
             if self._revoked(claims):
-                return "token revoked: log in again"
+                return REVOKED
             if self._expired(claims.issued) and self.registry.account(claims.subject):
                 return "token expired: log in again"
         if room is not None and not self.may_enter(room, self.subject_for(token)):
@@ -723,6 +728,24 @@ class Hub:
                 Outgoing({**event, "token": self.issue_token(account.subject, name)}, None),
             )
         return None
+
+    def cut_revoked(self) -> int:
+        """Close the connections of identities revoked by `chat-relay tokens revoke`; how many.
+
+        That command writes accounts.db from another process, so nothing here hears of it:
+        the app layer calls this every few seconds. Nothing is read while the file is
+        unchanged; after a change, one lookup per connected identity.
+        """
+        if not self.registry.changed_elsewhere():
+            return 0
+        cut = 0
+        for user in list(self._users.values()):
+            generation = self.registry.generation(user.subject)
+            for connection in [c for c in user.clients if c.generation < generation]:
+                self.leave(connection)
+                connection.close(p.CLOSE_POLICY, REVOKED, flush=True)
+                cut += 1
+        return cut
 
     def _on_logout_everywhere(self, client: Client, request: Event) -> None:
         user = client.user

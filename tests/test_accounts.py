@@ -212,6 +212,43 @@ async def test_admin_revokes_tokens(relay_factory, tmp_path) -> None:
     assert "token revoked: log in again" in result.stderr
 
 
+async def _admin_revoke(name: str, state: str) -> None:
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "relay", "tokens", "revoke", name, "--state-dir", state],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+async def test_admin_revoke_closes_open_connections(relay_factory, tmp_path) -> None:
+    """The running relay notices the CLI's revocation in accounts.db within a few seconds."""
+    relay = relay_factory("--rate", "0")
+    state = str(tmp_path / "state")
+    holly = await registered(relay, "lobby", "holly")
+    ivan = await registered(relay, "lobby", "ivan")
+    bystander = await JsonClient.connect(relay.url("lobby"))
+    await _admin_revoke("holly", state)
+    assert await closed(holly.ws, timeout=10) == (1008, "token revoked: log in again")
+    await bystander.expect("leave", name="holly")
+    # Logged in again after the revocation: a new token, not cut by the next check.
+    fresh_token = (await login(relay, "holly", PASSWORD)).json()["token"]
+    fresh = await JsonClient.connect(relay.url("lobby", f"token={fresh_token}"))
+    assert fresh.welcome["you"] == "holly"
+    await _admin_revoke("ivan", state)
+    assert await closed(ivan.ws, timeout=10) == (1008, "token revoked: log in again")
+    # A check ran after `fresh` joined (it cut ivan): holly's new connection and the
+    # bystander are still served.
+    for client in (fresh, bystander):
+        await client.send(type="who")
+        members = await client.expect("members")
+        assert sorted(members["members"]) == sorted(["holly", bystander.welcome["you"]])
+    await fresh.close()
+    await bystander.close()
+
+
 def _old_token(subject: str, name: str, issued: float) -> str:
     payload = _b64(f"{subject}\n{name}\n{int(issued)}\n0".encode())
     return payload + "." + TokenSigner(SECRET.encode())._mac(payload)

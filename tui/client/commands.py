@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "invite": ("NAME", "let NAME into the invite-only room (owner only)", True),
     "remove": ("NAME", "take NAME out of the invite-only room (owner only)", True),
     "owner": ("NAME", "hand the room over to NAME (owner only)", True),
-    "register": ("", "how to claim your name with a password", False),
+    "register": ("", "claim your name with a password (never typed on the chat line)", False),
     "logout-everywhere": ("", "revoke your tokens on every device (registered names)", False),
     "who": ("", "list the members of the current room", False),
     "rooms": ("", "list the relay's active rooms", False),
@@ -35,7 +35,8 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
 }
 
 
-# /register is not a relay request: a password must not be typed where it is echoed.
+# /register asks for the password in a masked dialog (full-screen) or points to the command that
+# reads it without echo (--plain): never on the chat line, where it is echoed and kept in history.
 REGISTER_HINT = "run `chat-tui register` in a shell: it reads the password without echo"
 
 

@@ -51,6 +51,7 @@ ANSWERED_BY = {
     "invite": "invited",
     "remove": "removed",
     "owner": "owner",
+    "register": "registered",
 }
 _ANSWER_TO = {event: request for request, event in ANSWERED_BY.items()}
 # Silent requests are remembered this many at a time, so an error for one can still name it.

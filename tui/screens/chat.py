@@ -24,7 +24,6 @@ from shared.protocol import Event, room_error, sender_label
 from shared.sanitize import one_line
 from tui.client.commands import (
     COMMANDS,
-    REGISTER_HINT,
     Command,
     CommandError,
     is_command,
@@ -39,6 +38,7 @@ from tui.lines import LineFormatter
 from tui.messages import LinkChanged, RoomEvent
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.help import HelpScreen
+from tui.screens.register import RegisterScreen, SendRefused
 from tui.widgets.chat_input import ChatInput
 from tui.widgets.chat_log import ChatLog
 from tui.widgets.member_list import MemberList
@@ -65,6 +65,13 @@ def _ends_replay(event: Event) -> bool:
     """The room's own event, not a replayed message: the replay is over (or was cut short)."""
     kind = event.get("type")
     return kind not in _AFTER_REPLAY_WAITS and not (kind == "message" and event.get("replay"))
+
+
+def _may_hold_password(line: str) -> bool:
+    """`/register something`: the something may be a password typed in the wrong place, so the
+    line is refused and never kept in the input history."""
+    head, _, rest = line.strip().partition(" ")
+    return head.lower() == "/register" and bool(rest.strip())
 
 
 class ChatScreen(Screen[None]):
@@ -95,6 +102,8 @@ class ChatScreen(Screen[None]):
         self._retry_at: dict[str, float] = {}
         self._down: set[str] = set()
         self._dm_opens: set[str] = set()
+        self._register: RegisterScreen | None = None
+        self._register_room: str | None = None
         self._read_timers: dict[str, Timer] = {}
         self._ids = count(1)
 
@@ -261,6 +270,8 @@ class ChatScreen(Screen[None]):
             self._dm(event, message.request)
         elif kind in ("dm_request", "dm_accepted", "dm_declined"):
             self._dm_consent(event)
+        elif kind == "registered":
+            self._registered(event, message.request)
         elif pane is None:
             return
         elif kind == "welcome":
@@ -277,6 +288,7 @@ class ChatScreen(Screen[None]):
             self._history(pane, event)
         elif kind == "error":
             self._error(pane, event, message.request)
+
         elif kind in ("topic", "kick", "closed", "private", "invited", "removed", "owner"):
             self._owner_event(pane, event)
         elif kind == "read":
@@ -491,6 +503,10 @@ class ChatScreen(Screen[None]):
         """Shown where the user is looking, naming the request it refused (matched by cid)."""
         if request is not None:
             self._dm_opens.discard(str(request.get("cid")))
+            dialog = self._register
+            if dialog is not None and request.get("cid") == dialog.pending:
+                dialog.refused(describe(event) or "refused")
+                return
         target = self.active_pane() or pane
         target.chat_log.write(self.formatter.error(describe(event, request) or "error"))
 
@@ -505,6 +521,10 @@ class ChatScreen(Screen[None]):
         self._retry_at[status.room] = time.monotonic() + status.retry_in
         self._show_status()
         pane = self.panes.get(status.room)
+        dialog = self._register
+        dropped = status.state in (State.RECONNECTING, State.OFFLINE)
+        if dialog is not None and dialog.pending and dropped and status.room == self._register_room:
+            dialog.refused("the connection dropped before the relay answered: try again")
         if status.state == State.CONNECTED:
             self._down.discard(status.room)
             if pane is not None:
@@ -544,7 +564,8 @@ class ChatScreen(Screen[None]):
         chat_input.value = ""
         if not line.strip():
             return
-        chat_input.history.add(line)
+        if not _may_hold_password(line):
+            chat_input.history.add(line)
         self.submit(line)
 
     def submit(self, line: str) -> None:
@@ -621,7 +642,9 @@ class ChatScreen(Screen[None]):
             if request is not None:
                 self._room_link(pane, name).send(request)
         elif name == "register":
-            self._local(pane, fmt.info(REGISTER_HINT))
+            if command.arg:
+                raise CommandError("/register takes no argument: type the password in its dialog")
+            self._open_register(pane)
         elif name == "rooms":
             self._list_rooms(pane)
         elif name == "clear":
@@ -633,6 +656,30 @@ class ChatScreen(Screen[None]):
             self.confirm_quit()
         else:
             self._local(pane, fmt.error(f"/{name} is not available here"))
+
+    def _open_register(self, pane: RoomPane | None) -> None:
+        def send(password: str) -> str:
+            # Only on a live link: a password should not wait in a queue for a reconnect.
+            link = self._link_for(pane)
+            if link is None or not link.connected:
+                raise SendRefused("not connected to the relay: try again once reconnected")
+            self._register_room = link.room
+            return link.send({"type": "register", "password": password})
+
+        self._register = RegisterScreen(self.me, send)
+        self.app.push_screen(self._register, lambda _: self._forget_register())
+
+    def _forget_register(self) -> None:
+        self._register = None
+
+    def _registered(self, event: Event, request: Event | None) -> None:
+        """Every connection of ours hears it: store the new token once, tell the dialog."""
+        token, name = str(event.get("token", "")), str(event.get("name", ""))
+        if token and token != self.chat.identity.token:
+            self.chat.identity.welcomed(token, name or self.me or "")
+        dialog = self._register
+        if dialog is not None and request is not None and request.get("cid") == dialog.pending:
+            dialog.registered(one_line(name))
 
     def _user_request(self, command: Command, pane: RoomPane | None) -> None:
         """Requests about users rather than a room, carried by any connected link."""
