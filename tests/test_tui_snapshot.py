@@ -45,6 +45,8 @@ def demo_app(relay):
         await until(pilot, lambda: has_line(app, "lobby", "alice yes, 10 minutes ago"))
         await dev.send(type="say", text="alice: can you review #42?")
         await until(pilot, lambda: has_line(app, "dev", "review #42"))
+        # A blinking cursor would make the picture depend on when it is taken.
+        app.screen.query_one("ChatInput").cursor_blink = False
         await pilot.pause()
 
     return app, converse
