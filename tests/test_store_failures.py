@@ -204,7 +204,12 @@ async def test_relay_refuses_while_the_database_is_full_and_recovers(
         async def healthy() -> bool | None:
             return (await http.get("/healthz")).status_code == 200 or None
 
-        await eventually(healthy, timeout=10)
+        try:
+            # The writer retries at most RETRY_LAST (2 s) apart; a loaded machine needs slack.
+            await eventually(healthy, timeout=30)
+        except AssertionError:
+            health = (await http.get("/healthz")).text
+            raise AssertionError(f"{health}\n{relay.stderr_text()[-3000:]}") from None
         posted = await http.post("/rooms/r/messages", json={"from": "bot", "text": "back"})
         assert posted.status_code == 201
         echoed[posted.json()["seq"]] = "back"
