@@ -1010,8 +1010,16 @@ class Hub:
         # Whoever is in the room when it closes its doors stays in.
         self.registry.set_private(room.name, private, {member.subject for member in room.users})
         what = "made the room invite-only" if private else "opened the room to everyone"
-        event = {"type": "private", "room": room.name, "private": private, "by": user.name}
-        self._fanout(room, Outgoing({**event, "ts": p.now_rfc3339()}, f"{user.name} :: {what}"))
+        self._owner_did(
+            room, user, {"type": "private", "private": private}, f"{user.name} :: {what}"
+        )
+
+    def _owner_did(self, room: Room, owner: User, event: Event, plain: str) -> Outgoing:
+        """Tell the room what its owner changed: every such event names the room, who, when."""
+        fields = {**event, "room": room.name, "by": owner.name, "ts": p.now_rfc3339()}
+        outgoing = Outgoing(fields, plain)
+        self._fanout(room, outgoing)
+        return outgoing
 
     def _member_target(self, client: Client, request: Event) -> tuple[str, str] | None:
         """(subject, name) of the identity an owner's invite/remove/owner request names."""
@@ -1034,11 +1042,9 @@ class Hub:
             raise _BadRequest("the room is open to everyone; /private on first")
         subject, name = target
         self.registry.add_member(room.name, subject)
-        event = {"type": "invited", "room": room.name, "name": name, "by": user.name}
-        outgoing = Outgoing(
-            {**event, "ts": p.now_rfc3339()}, f"{name} :: was invited by {user.name}"
+        outgoing = self._owner_did(
+            room, user, {"type": "invited", "name": name}, f"{name} :: was invited by {user.name}"
         )
-        self._fanout(room, outgoing)
         invitee = self._users.get(subject)
         if invitee is not None:
             self._deliver_all({c for c in invitee.clients if c.room is not room}, outgoing)
@@ -1055,11 +1061,8 @@ class Hub:
         if subject == user.subject:
             raise _BadRequest("the owner cannot remove itself; hand the room over first")
         self.registry.remove_member(room.name, subject)
-        event = {"type": "removed", "room": room.name, "name": name, "by": user.name}
-        self._fanout(
-            room,
-            Outgoing({**event, "ts": p.now_rfc3339()}, f"{name} :: was removed by {user.name}"),
-        )
+        plain = f"{name} :: was removed by {user.name}"
+        self._owner_did(room, user, {"type": "removed", "name": name}, plain)
         removed = self._users.get(subject)
         for gone in [c for c in removed.clients if c.room is room] if removed else []:
             self.leave(gone)
@@ -1075,9 +1078,8 @@ class Hub:
         if self.registry.is_private(room.name):
             self.registry.add_member(room.name, subject)
         self.store.set_owner(room.name, subject)
-        event = {"type": "owner", "room": room.name, "owner": name, "by": user.name}
-        self._fanout(
-            room, Outgoing({**event, "ts": p.now_rfc3339()}, f"{name} :: now owns the room")
+        self._owner_did(
+            room, user, {"type": "owner", "owner": name}, f"{name} :: now owns the room"
         )
 
     def owner_name(self, room: str) -> str | None:
