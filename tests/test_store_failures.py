@@ -121,7 +121,9 @@ def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
 def test_full_database_keeps_what_was_acknowledged_until_space_returns(tmp_path: Path) -> None:
     db = tmp_path / "chat.db"
     SQLiteStore(db).close()
-    size = add_ballast(db, 200_000)
+    # Dropping the ballast must make room for everything acknowledged before the refusals
+    # began, however far the writer lagged behind: 4 MB is twice what the filler ever sends.
+    size = add_ballast(db, 4_000_000)
     store = SQLiteStore(db, max_bytes=size + 32_768)
     seq = 0
     while store.problem() is None and seq < 500:
@@ -193,7 +195,9 @@ async def test_relay_refuses_while_the_database_is_full_and_recovers(
 ) -> None:
     db = tmp_path / "chat.db"
     SQLiteStore(db).close()
-    size = add_ballast(db, 200_000)
+    # Dropping the ballast must make room for everything acknowledged before the refusals
+    # began, however far the writer lagged behind: 4 MB is twice what the filler ever sends.
+    size = add_ballast(db, 4_000_000)
     relay = relay_factory("--rate", "0", "--db", str(db), "--db-max-bytes", str(size + 65_536))
     client, echoed = await fill_until_refused(relay, "r")
     assert echoed, "some messages went in before the database was full"
