@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.redisproc import RedisProcess
 from tests.relayproc import RelayProcess
 from tests.tmux import Terminals, terminals_for
 
@@ -45,3 +46,11 @@ def room() -> str:
 def terminals(tmp_path: Path) -> Iterator[Terminals]:
     """Real `chat-tui` processes in tmux sessions (tests/tmux.py), killed at teardown."""
     yield from terminals_for(tmp_path)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A fresh `redis-server` on an ephemeral port, stopped at the end of the test."""
+    server = RedisProcess(tmp_path / "redis")
+    yield server
+    server.stop()
