@@ -17,10 +17,11 @@ from starlette.websockets import WebSocket
 
 from relay import announce
 from relay.connection import Connection
-from relay.core import Hub, PostError
+from relay.core import STORE_DOWN, Hub, PostError
 from relay.direct import Flusher
 from relay.login import account_routes, threaded_offload
 from relay.metrics import render_store
+from relay.store import StoreUnavailable
 from relay.webclient import WebClient
 from shared import protocol as p
 
@@ -76,7 +77,15 @@ class ChatEndpoint:
             )
             self.hub.metrics.write_path = path
         try:
-            self.hub.join(connection, room, **params)
+            try:
+                self.hub.join(connection, room, **params)
+            except StoreUnavailable:
+                connection.close(
+                    p.CLOSE_SLOW_CONSUMER,
+                    "the relay cannot reach its store: try again later",
+                    flush=True,
+                )
+                return
             while True:
                 message = await receive()
                 if message["type"] != "websocket.receive":
@@ -106,11 +115,11 @@ def create_app(hub: Hub, key: str | None = None) -> Router:
     hub.offload = threaded_offload
 
     async def healthz(request: Request) -> Response:
-        problem = hub.store.problem()
+        problem = hub.health_problem()
         health = {"status": "ok", "connections": len(hub.clients), "rooms": len(hub.rooms)}
         if problem is None:
             return JSONResponse(health)
-        health |= {"status": "unavailable", "reason": f"store: {problem}"}
+        health |= {"status": "unavailable", "reason": problem}
         return JSONResponse(health, status_code=503, headers={"Retry-After": RETRY_AFTER})
 
     async def rooms(request: Request) -> Response:
@@ -175,9 +184,16 @@ def create_app(hub: Hub, key: str | None = None) -> Router:
     async def metrics(request: Request) -> Response:
         body = hub.metrics.render(len(hub.clients), len(hub.rooms), hub.user_count())
         body += render_store(*hub.store.counters(), hub.store.problem() is None)
+        body += hub.backplane.metrics()
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
 
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        response = _error(503, p.UNAVAILABLE, STORE_DOWN)
+        response.headers["Retry-After"] = RETRY_AFTER
+        return response
+
     api = Starlette(
+        exception_handlers={StoreUnavailable: unavailable},
         routes=[
             Route("/healthz", healthz),
             Route("/rooms", rooms),
@@ -186,7 +202,7 @@ def create_app(hub: Hub, key: str | None = None) -> Router:
             *account_routes(hub),
             Route("/announce", announce.endpoint(hub, key), methods=["POST"]),
             Mount("/", WebClient()),
-        ]
+        ],
     )
     # The chat endpoint sits on a bare router, outside Starlette's exception middleware, so
     # the `send` it gets is the server's own (see relay/direct.py); HTTP keeps the middleware.

@@ -19,15 +19,16 @@ import uvicorn
 from uvicorn.config import WS_PROTOCOLS
 from uvicorn.importer import import_from_string
 
-from relay import access, announce, demo, logs
+from relay import access, announce, demo, logs, workers
 from relay.accounts import Registry
 from relay.app import create_app, drain, watch_revocations
+from relay.cluster import Backplane
 from relay.core import NAME_GRACE, Hub, Limits
 from relay.direct import write_path
 from relay.jwt_tokens import jwt_signer
 from relay.names import key
 from relay.sqlite_store import SQLiteStore
-from relay.store import MemoryStore, Store
+from relay.store import MemoryStore, Store, StoreUnavailable
 from relay.tokens import load_secret
 from relay.webclient import how_to_connect
 from shared.xdg import state_home
@@ -90,12 +91,16 @@ def _parser() -> argparse.ArgumentParser:
         ("ws-ping-timeout", float, 20.0, "seconds to wait for a pong before closing 1011"),
         ("log-level", str, "info", "critical, error, warning, info or debug"),
         ("ws", str, "websockets-sansio", "uvicorn WebSocket implementation"),
+        ("redis", str, None, "several relays as one: Redis URL (docs/scaling.md)"),
+        ("node-ttl", float, 10.0, "seconds a silent node's members stay listed (with --redis)"),
+        ("workers", int, 1, "relay processes on this port, one per core (needs --redis)"),
     ]
     for flag, kind, default, help_text in options:
         env = "CHAT_RELAY_" + flag.upper().replace("-", "_")
         value = os.environ.get(env, default)
         serve.add_argument(f"--{flag}", type=kind, default=value, help=f"{help_text} [{env}]")
     access.add_arguments(serve)
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     tokens = commands.add_parser("tokens", help="manage identity tokens")
     revoke = tokens.add_subparsers(dest="action", required=True).add_parser(
         "revoke", help="refuse every token issued so far to NAME (it must log in again)"
@@ -120,6 +125,7 @@ class RelayServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         self.revocations = asyncio.create_task(watch_revocations(self.hub))
+        self.hub.backplane.start(self.hub)
         addresses: list[tuple[str, int]] = []
         for server in self.servers:
             for sock in server.sockets:
@@ -138,6 +144,7 @@ class RelayServer(uvicorn.Server):
         for server in self.servers:
             server.close()
         await drain(self.hub, DRAIN_SECONDS - CUT_SECONDS)
+        await self.hub.backplane.stop()
         # A peer that stopped reading holds its transport open (queued frames, close frame
         # behind them) for as long as it likes: past the drain, cut whatever is left.
         for connection in list(self.server_state.connections):
@@ -149,6 +156,7 @@ class RelayServer(uvicorn.Server):
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     if args.command == "tokens":
         sys.exit(_revoke(args))
@@ -156,6 +164,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(announce.run(args))
     if args.command == "demo":
         raise SystemExit(demo.run(args))
+    if args.workers > 1:
+        if not args.redis:
+            raise SystemExit("chat-relay: --workers needs --redis (the workers share state there)")
+        raise SystemExit(workers.supervise(argv, args.host, args.port, args.workers))
     limits = Limits(
         max_message_bytes=args.max_message_bytes,
         rate=args.rate,
@@ -172,10 +184,14 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         raise SystemExit(f"chat-relay: cannot use the state dir {args.state_dir}: {exc}") from None
     signer = jwt_signer(secret, args.jwt_secret, args.jwt_public_key)
-    try:
-        store = _store(args, limits.history)
-    except (OSError, sqlite3.Error) as exc:
-        raise SystemExit(f"chat-relay: cannot write the database: {exc}") from None
+    backplane = None
+    if args.redis:
+        store, backplane = _cluster(args, limits.history)
+    else:
+        try:
+            store = _store(args, limits.history)
+        except (OSError, sqlite3.Error) as exc:
+            raise SystemExit(f"chat-relay: cannot write the database: {exc}") from None
     hub = Hub(
         store,
         signer,
@@ -183,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         name_grace=args.name_grace,
         registry=_registry(args),
         token_ttl=args.token_days * 86400,
+        backplane=backplane,
     )
     ws_protocol = import_from_string(WS_PROTOCOLS.get(args.ws, args.ws))
     # uvicorn's trace level wraps every `send` in a logger, hiding the protocol behind it.
@@ -224,8 +241,11 @@ def main(argv: list[str] | None = None) -> None:
     # place that is a no-op, so a SIGTERM'd relay exits 0 after closing every socket.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
+    sockets = None
+    if args.reuse_port:
+        sockets = [workers.listening_socket(args.host, args.port)]
     try:
-        RelayServer(config, hub).run()
+        RelayServer(config, hub).run(sockets=sockets)
     finally:
         store.close()
 
@@ -283,6 +303,21 @@ def _capacity(max_connections: int) -> int:
     capacity = min(max_connections, room) if max_connections > 0 else room
     print(f"file descriptors: {soft}; connections held at most: {capacity}", flush=True)
     return capacity
+
+
+def _cluster(args: argparse.Namespace, history: int) -> tuple[Store, Backplane]:
+    """The Redis store and backplane; one line and exit when they cannot be had."""
+    try:
+        from relay.redis_backplane import RedisBackplane
+        from relay.redis_store import RedisStore
+    except ImportError:
+        needs = "chat-relay: --redis needs redis-py: pip install 'terminal-chat[redis]'"
+        raise SystemExit(needs) from None
+    try:
+        store = RedisStore(args.redis, history)
+    except (StoreUnavailable, ValueError) as exc:
+        raise SystemExit(f"chat-relay: cannot use Redis at {args.redis}: {exc}") from None
+    return store, RedisBackplane(args.redis, store, ttl=args.node_ttl)
 
 
 def _store(args: argparse.Namespace, history: int) -> Store:

@@ -9,6 +9,7 @@ live event, so replay and live stream meet without a gap or a duplicate.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import secrets
@@ -20,10 +21,11 @@ from typing import Any, ClassVar, TypeGuard, TypeVar
 from coolname import generate_slug
 
 from relay.accounts import Account, Registry, new_account, password_problem
+from relay.cluster import Backplane
 from relay.metrics import Metrics
 from relay.names import key, name_problem
 from relay.ratelimit import TokenBucket
-from relay.store import Store
+from relay.store import Store, StoreUnavailable
 from relay.tokens import Claims, TokenSigner, new_subject
 from shared import protocol as p
 from shared.protocol import Event
@@ -84,10 +86,11 @@ class Outgoing:
 
     __slots__ = ("_json", "data", "frame", "plain")
 
-    def __init__(self, data: Event, plain: str | None) -> None:
+    def __init__(self, data: Event, plain: str | None, encoded: str | None = None) -> None:
         self.data = data
         self.plain = plain
-        self._json: str | None = None
+        # Given when the event arrived already encoded (from another node): never encoded again.
+        self._json: str | None = encoded
         # For the WebSocket layer: the plain line as a ready-made frame, built for the first
         # recipient that can take it and reused for the rest.
         self.frame: bytes | None = None
@@ -157,12 +160,15 @@ class User:
 class Room:
     """Live state of a room: exists while it has members. Its history lives in the store."""
 
-    __slots__ = ("clients", "name", "users")
+    __slots__ = ("clients", "epoch", "name", "seq", "users")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, epoch: str = "", seq: int = 0) -> None:
         self.name = name
         self.clients: dict[Client, None] = {}
         self.users: dict[User, int] = {}
+        # With an ordering backplane: the history epoch, and the last seq handed to members.
+        self.epoch = epoch
+        self.seq = seq
 
     def member_names(self, also: User | None = None) -> list[str]:
         names = [user.name for user in self.users]
@@ -182,8 +188,10 @@ class Hub:
         name_grace: float = NAME_GRACE,
         registry: Registry | None = None,
         token_ttl: float = 0.0,
+        backplane: Backplane | None = None,
     ) -> None:
         self.store = store
+        self.backplane = backplane or Backplane()
         self.signer = signer
         self.limits = limits or Limits()
         self.clock = clock
@@ -232,17 +240,30 @@ class Hub:
         user = self._login(token)
         room = self.rooms.get(room_name)
         if room is None:
-            room = self.rooms[room_name] = Room(room_name)
+            # Everything the store must answer comes before any change here: when it cannot
+            # answer (StoreUnavailable), the joiner is refused and nothing is left behind.
+            room_epoch, room_seq = self.store.room(room_name)
             if self.store.owner(room_name) is None:
                 self.store.set_owner(room_name, user.subject)
+            room = self.rooms[room_name] = Room(room_name, room_epoch, room_seq)
+            self.backplane.open_room(room_name)
+        elif self.backplane.ordered:
+            self._catch_up(room)
         client.user = user
         client.room = room
         client.generation = self.registry.generation(user.subject)
         self.clients.add(client)
         self.metrics.connections_total += 1
-        if client.json:
-            self._welcome(client, room, backlog, since, epoch)
-        self._deliver_waiting(client, first=not user.clients)
+        try:
+            if client.json:
+                self._welcome(client, room, backlog, since, epoch)
+            self._deliver_waiting(client, first=not user.clients)
+        except StoreUnavailable:
+            client.room = None
+            self.clients.discard(client)
+            self._forget_room_if_empty(room)
+            self._logout_if_gone(user)
+            raise
         if client.room is None:
             # Closed before it was a member (e.g. dropped as too slow): nothing to undo.
             return
@@ -254,7 +275,7 @@ class Hub:
             {"type": "join", "room": room.name, "name": user.name, "ts": p.now_rfc3339()},
             f"{user.name} :: joined the chat",
         )
-        if count == 0:
+        if count == 0 and self.backplane.joined(room.name, user.name):
             self._fanout(room, joined)
         else:
             # The user is already here on another device: no announcement, but this
@@ -272,12 +293,16 @@ class Hub:
         assert client.user is not None
         user = client.user
         epoch_now, seq = self.store.room(room.name)
+        if self.backplane.ordered:
+            # What this node has handed on so far: the live stream continues from there.
+            epoch_now, seq = room.epoch, room.seq
+        members = self._members(room, also=user)
         welcome: Event = {
             "type": "welcome",
             "room": room.name,
             "you": user.name,
             "token": self.issue_token(user.subject, user.name),
-            "members": room.member_names(also=user),
+            "members": members,
             "seq": seq,
             "epoch": epoch_now,
             "limits": self.limits.describe(),
@@ -293,7 +318,9 @@ class Hub:
                 replay = self.store.after(room.name, since)
             welcome["recovered"] = replay is not None
         if replay is None:
-            replay = self.store.before(room.name, None, count)
+            replay = self.store.before(room.name, seq + 1, count)
+        elif replay and replay[-1]["seq"] > seq:
+            replay = [message for message in replay if message["seq"] <= seq]
         welcome["replay"] = len(replay)
         events = [Outgoing(welcome, None)]
         events += [Outgoing({**message, "replay": True}, None) for message in replay]
@@ -367,6 +394,8 @@ class Hub:
                 name = self._fresh_name()
         else:
             subject, name = new_subject(), self._fresh_name()
+        # Before anything is registered here: a store that cannot take it refuses the login.
+        self.store.set_identity_name(subject, name)
         user = User(subject, name, TokenBucket(self.limits.rate, self.limits.burst, self.clock()))
         parked = self._parked_cids.pop(subject, None)
         if parked is not None:
@@ -374,7 +403,7 @@ class Hub:
         self._left_at.pop(subject, None)
         self._users[subject] = user
         self._names[key(name)] = user
-        self.store.set_identity_name(subject, name)
+        self.backplane.open_user(subject)
         return user
 
     def _fresh_name(self) -> str:
@@ -418,14 +447,21 @@ class Hub:
             room.users[user] = count
         else:
             room.users.pop(user, None)
-            if room.clients:
+            if self.backplane.left(room.name, user.name):
                 ts = p.now_rfc3339()
                 left = {"type": "leave", "room": room.name, "name": user.name, "ts": ts}
                 self._fanout(room, Outgoing(left, f"{user.name} :: left the chat"))
-        if not room.clients and self.rooms.get(room.name) is room:
-            del self.rooms[room.name]
-            self.store.release(room.name)
+        self._forget_room_if_empty(room)
         self._logout_if_gone(user)
+
+    def _forget_room_if_empty(self, room: Room) -> None:
+        if room.clients or self.rooms.get(room.name) is not room:
+            return
+        del self.rooms[room.name]
+        self.backplane.close_room(room.name)
+        # Only housekeeping: an empty room left behind is released on its next use.
+        with contextlib.suppress(StoreUnavailable):
+            self.store.release(room.name)
 
     def _logout_if_gone(self, user: User) -> None:
         if user.clients:
@@ -433,8 +469,10 @@ class Hub:
         self._users.pop(user.subject, None)
         if self._names.get(key(user.name)) is user:
             del self._names[key(user.name)]
+        self.backplane.close_user(user.subject)
         # Seen until now: how long an identity has been away counts from its last logout.
-        self.store.set_identity_name(user.subject, user.name)
+        with contextlib.suppress(StoreUnavailable):
+            self.store.set_identity_name(user.subject, user.name)
         now = self.clock()
         self._left_at[user.subject] = now
         while self._left_at:
@@ -461,7 +499,10 @@ class Hub:
             return
         if not client.json:
             if self._admit(client):
-                self._plain_line(client, _strip_line_break(text))
+                try:
+                    self._plain_line(client, _strip_line_break(text))
+                except StoreUnavailable:
+                    self._error(client, p.UNAVAILABLE, STORE_DOWN)
             return
         try:
             request = p.parse(text)
@@ -496,6 +537,8 @@ class Hub:
                 self._error(client, p.UNKNOWN_TYPE, f"unknown type {kind!r}"[:200])
                 return
             self._handle(client, handler, request)
+        except StoreUnavailable:
+            self._error(client, p.UNAVAILABLE, STORE_DOWN)
         finally:
             self._answering = {}
 
@@ -599,24 +642,26 @@ class Hub:
                 return
         if self._store_down(client):
             return
-        message = self._message(room.name, user.name, text, cid=cid)
+        plain = _plain(f"{user.name} :: ", text)
+        message = self._message(room.name, user.name, text, plain, cid=cid)
         if cid is not None:
             user.cids[cid] = (self.clock(), message)
-        self._fanout(room, Outgoing(message, _plain(f"{user.name} :: ", text)))
+        if not self.backplane.ordered:
+            self._fanout_local(room, Outgoing(message, plain))
 
-    def _message(self, room: str, sender: str, text: str, **extra: str | None) -> Event:
+    def _message(self, room: str, sender: str, text: str, plain: str, **extra: str | None) -> Event:
         """A new room message, numbered and kept in the room's history; None extras are left out."""
         message: Event = {
             "type": "message",
             "room": room,
             "id": self._next_id(),
-            "seq": self.store.room(room)[1] + 1,
+            "seq": 0,  # the store numbers it
             "ts": p.now_rfc3339(),
             "from": sender,
             "text": text,
         }
         message.update((key, value) for key, value in extra.items() if value is not None)
-        self.store.append(room, message)
+        message = self.store.add(room, message, plain)
         self.metrics.messages_in += 1
         return message
 
@@ -673,6 +718,8 @@ class Hub:
         self.store.set_identity_name(user.subject, new, chosen=True)
         ts = p.now_rfc3339()
         for room in {c.room for c in list(user.clients) if c.room is not None}:
+            self.backplane.left(room.name, old)
+            self.backplane.joined(room.name, new)
             event = {"type": "nick", "room": room.name, "old": old, "new": new, "ts": ts}
             self._fanout(room, Outgoing(event, f"{old} :: is now known as {new}"))
 
@@ -781,8 +828,14 @@ class Hub:
         state = self._consent(sender.subject, subject)
         if state == DECLINED:
             self._error(client, p.DM_DECLINED, f"{event['to']} declined your messages")
-        elif state == ACCEPTED and recipient is not None:
-            self._deliver_all(recipient.clients | sender.clients, _dm(event))
+        elif state == ACCEPTED and (
+            # Online here, or somewhere else (the other node delivers it).
+            self.backplane.publish_user(subject, event, _dm(event).plain) or recipient is not None
+        ):
+            outgoing = _dm(event)
+            self._to_user(sender.subject, outgoing, publish=subject != sender.subject)
+            if recipient is not None:
+                self._deliver_all(recipient.clients - sender.clients, outgoing)
         elif not self._store_down(client):
             # Offline, or the recipient has not answered the request yet: keep it for them.
             self.store.hold_dm(subject, sender.subject, event)
@@ -790,8 +843,7 @@ class Hub:
             self._deliver_all(sender.clients, _dm({**event, flag: True}))
             if state is None:
                 self.store.set_dm_consent(sender.subject, subject, PENDING, sender.subject)
-                if recipient is not None:
-                    self._deliver_all(recipient.clients, _dm_request(sender.name))
+                self._to_user(subject, _dm_request(sender.name))
 
     def _consent(self, sender: str, to: str) -> str | None:
         """Where `sender` stands with `to`; writing to someone who asked you first accepts."""
@@ -819,11 +871,9 @@ class Hub:
             return
         self.store.set_dm_consent(user.subject, requester, DECLINED, requester)
         self.store.drop_dms(user.subject, requester)
-        waiting = self._users.get(requester)
-        if waiting is not None:
-            answer = {"type": "dm_declined", "by": user.name}
-            plain = f"{user.name} -> you :: declined your private messages"
-            self._deliver_all(waiting.clients, Outgoing(answer, plain))
+        answer = {"type": "dm_declined", "by": user.name}
+        plain = f"{user.name} -> you :: declined your private messages"
+        self._to_user(requester, Outgoing(answer, plain))
 
     def _accept(self, subject: str, requester: str) -> None:
         """`subject` accepts `requester`: release what was held and tell the requester."""
@@ -833,12 +883,10 @@ class Hub:
             held = [event for sender, event in self.store.held_dms(subject) if sender == requester]
             for client in list(user.clients):
                 self._drain_held(client, held)
-        waiting = self._users.get(requester)
-        if waiting is not None:
-            by = self._name_of(subject)
-            answer = {"type": "dm_accepted", "by": by}
-            plain = f"{by} -> you :: accepted your private messages"
-            self._deliver_all(waiting.clients, Outgoing(answer, plain))
+        by = self._name_of(subject)
+        answer = {"type": "dm_accepted", "by": by}
+        plain = f"{by} -> you :: accepted your private messages"
+        self._to_user(requester, Outgoing(answer, plain))
 
     def _deliver_waiting(self, client: Client, first: bool) -> None:
         """On connect: DM requests awaiting an answer, and (first connection) DMs kept offline."""
@@ -894,9 +942,15 @@ class Hub:
     def _on_who(self, client: Client, request: Event) -> None:
         room = client.room
         assert room is not None
-        names = room.member_names()
+        names = self._members(room)
         members = {"type": "members", "room": room.name, "members": names, **self._cid()}
         self._send(client, Outgoing(members, f"* members: {', '.join(names)}"))
+
+    def _members(self, room: Room, also: User | None = None) -> list[str]:
+        """Who is in the room on this node and (with a backplane) on every other."""
+        names = room.member_names(also)
+        everywhere = self.backplane.members(room.name)
+        return names if everywhere is None else sorted(set(names).union(everywhere))
 
     def _on_history(self, client: Client, request: Event) -> None:
         room = client.room
@@ -938,6 +992,7 @@ class Hub:
         told = {c for c in room.clients if c.user is user or (c.user and c.user.name in authors)}
         event = {"type": "read", "room": room.name, "name": user.name, "seq": seq}
         self._deliver_all(told, Outgoing(event, None))
+        self.backplane.publish_room(room.name, event, None, to=sorted(authors | {user.name}))
 
     def _owns(self, client: Client) -> bool:
         """Whether the client's user owns its room; answers `error not_owner` when not."""
@@ -968,17 +1023,23 @@ class Hub:
         if not self._owns(client):
             return
         target = self._names.get(key(name))
-        if target is None or target not in room.users:
-            self._error(client, p.NO_SUCH_USER, f"nobody called {name} is in this room")
-            return
-        # In an invite-only room a kick also takes the membership away: a ban, not a timeout.
-        self.registry.remove_member(room.name, target.subject)
+        if target is not None and target in room.users:
+            name = target.name
+        else:
+            elsewhere = self.backplane.members(room.name) or []
+            found = [member for member in elsewhere if key(member) == key(name)]
+            if not found:
+                self._error(client, p.NO_SUCH_USER, f"nobody called {name} is in this room")
+                return
+            name = found[0]
+        subject = target.subject if target is not None else self.store.subject_of(name)
+        if subject is not None:
+            # In an invite-only room a kick also takes the membership away: a ban, not a timeout.
+            self.registry.remove_member(room.name, subject)
         ts = p.now_rfc3339()
-        event = {"type": "kick", "room": room.name, "name": target.name, "by": user.name, "ts": ts}
-        self._fanout(room, Outgoing(event, f"{target.name} :: was kicked by {user.name}"))
-        for kicked in [c for c in target.clients if c.room is room]:
-            self.leave(kicked)
-            kicked.close(p.CLOSE_KICKED, f"kicked by {user.name}", flush=True)
+        event = {"type": "kick", "room": room.name, "name": name, "by": user.name, "ts": ts}
+        self._fanout(room, Outgoing(event, f"{name} :: was kicked by {user.name}"))
+        self._close_member(room, name, f"kicked by {user.name}")
 
     def _on_close(self, client: Client, request: Event) -> None:
         room, user = client.room, client.user
@@ -987,17 +1048,31 @@ class Hub:
             return
         event = {"type": "closed", "room": room.name, "by": user.name, "ts": p.now_rfc3339()}
         self._fanout(room, Outgoing(event, f"{user.name} :: closed the room"))
+        self._close_room(room, f"room closed by {user.name}")
+        self.store.delete_room(room.name)
+        self.store.release(room.name)
+        self.registry.set_private(room.name, False, set())
+
+    def _close_room(self, room: Room, reason: str) -> None:
+        """Close every connection of this node in the room (its owner closed it)."""
         del self.rooms[room.name]
+        self.backplane.close_room(room.name)
         for member in list(room.clients):
             member.room = None
             self.clients.discard(member)
             assert member.user is not None
             member.user.clients.discard(member)
+            if room.users.pop(member.user, None) is not None:
+                self.backplane.left(room.name, member.user.name)
             self._logout_if_gone(member.user)
-            member.close(p.CLOSE_ROOM_CLOSED, f"room closed by {user.name}", flush=True)
-        self.store.delete_room(room.name)
-        self.store.release(room.name)
-        self.registry.set_private(room.name, False, set())
+            member.close(p.CLOSE_ROOM_CLOSED, reason, flush=True)
+
+    def _close_member(self, room: Room, name: str, reason: str) -> None:
+        """Close this node's connections of `name` in the room (kicked or removed)."""
+        target = self._names.get(key(name))
+        for gone in [c for c in target.clients if c.room is room] if target else []:
+            self.leave(gone)
+            gone.close(p.CLOSE_KICKED, reason, flush=True)
 
     def _on_private(self, client: Client, request: Event) -> None:
         room, user = client.room, client.user
@@ -1063,10 +1138,7 @@ class Hub:
         self.registry.remove_member(room.name, subject)
         plain = f"{name} :: was removed by {user.name}"
         self._owner_did(room, user, {"type": "removed", "name": name}, plain)
-        removed = self._users.get(subject)
-        for gone in [c for c in removed.clients if c.room is room] if removed else []:
-            self.leave(gone)
-            gone.close(p.CLOSE_KICKED, f"removed from #{room.name} by {user.name}", flush=True)
+        self._close_member(room, name, f"removed from #{room.name} by {user.name}")
 
     def _on_owner(self, client: Client, request: Event) -> None:
         room, user = client.room, client.user
@@ -1129,10 +1201,11 @@ class Hub:
             raise PostError(*text_problem)
         if self.store.problem() is not None:
             raise PostError(p.UNAVAILABLE, STORE_DOWN)
-        message = self._message(room_name, sender, text, via="http")
+        plain = _plain(f"{sender} (via http) :: ", text)
+        message = self._message(room_name, sender, text, plain, via="http")
         room = self.rooms.get(room_name)
-        if room is not None:
-            self._fanout(room, Outgoing(message, _plain(f"{sender} (via http) :: ", text)))
+        if room is not None and not self.backplane.ordered:
+            self._fanout_local(room, Outgoing(message, plain))
         return message
 
     def announce(self, text: str) -> tuple[Event, int]:
@@ -1145,11 +1218,16 @@ class Hub:
         if problem is not None:
             raise PostError(*problem)
         notice: Event = {"type": "announce", "id": self._next_id(), "ts": p.now_rfc3339()}
+        rooms = self._announce_here({**notice, "text": text})
+        self.backplane.publish_all({**notice, "text": text}, None)
+        return {**notice, "text": text}, rooms
+
+    def _announce_here(self, notice: Event) -> int:
         rooms = list(self.rooms.values())
         for room in rooms:
-            event = {**notice, "room": room.name, "text": text}
-            self._fanout(room, Outgoing(event, f"* announcement: {text}"))
-        return {**notice, "text": text}, len(rooms)
+            event = {**notice, "room": room.name}
+            self._fanout_local(room, Outgoing(event, f"* announcement: {notice['text']}"))
+        return len(rooms)
 
     # -- shutdown -------------------------------------------------------------------------------
 
@@ -1161,6 +1239,11 @@ class Hub:
     # -- delivery -------------------------------------------------------------------------------
 
     def _fanout(self, room: Room, event: Outgoing) -> None:
+        """A room event (not a message) to the room's members here and on every other node."""
+        self._fanout_local(room, event)
+        self.backplane.publish_room(room.name, event.data, event.plain)
+
+    def _fanout_local(self, room: Room, event: Outgoing) -> None:
         members = len(room.clients)
         self.metrics.messages_out += members - self._deliver_all(room.clients, event)
 
@@ -1226,6 +1309,119 @@ class Hub:
     def user_count(self) -> int:
         return len(self._users)
 
+    def _to_user(self, subject: str, event: Outgoing, publish: bool = True) -> None:
+        """An event for every connection of an identity, on this node and (`publish`) others."""
+        user = self._users.get(subject)
+        if user is not None:
+            self._deliver_all(user.clients, event)
+        if publish:
+            self.backplane.publish_user(subject, event.data, event.plain)
+
+    # -- from other nodes (relay.cluster) -------------------------------------------------------
+
+    def remote_message(
+        self, room_name: str, message: Event, plain: str | None, encoded: str
+    ) -> None:
+        """A room message in the shared order: handed on once, in seq order, never twice."""
+        room = self.rooms.get(room_name)
+        if room is None:
+            return
+        seq = message["seq"]
+        if seq <= room.seq:
+            return
+        if seq > room.seq + 1:
+            self._catch_up(room)
+            if seq <= room.seq:
+                return
+        room.seq = seq
+        self._fanout_local(room, Outgoing(message, plain, encoded))
+
+    def _catch_up(self, room: Room) -> None:
+        """Hand on what the shared store has beyond what this node delivered in the room.
+
+        Runs when the subscription missed something: it had not started yet, or it broke.
+        A room whose history began anew (Redis came back empty) is closed here with 1012, so
+        its clients join again and learn the new epoch.
+        """
+        try:
+            epoch, latest = self.store.room(room.name)
+            if latest <= room.seq and epoch == room.epoch:
+                return
+            missed = self.store.after(room.name, room.seq) if epoch == room.epoch else None
+        except StoreUnavailable:
+            return
+        if missed is None:
+            for client in list(room.clients):
+                self.leave(client)
+                client.close(p.CLOSE_RESTART, "the room's history was reset: join again", True)
+            return
+        for message in missed:
+            room.seq = message["seq"]
+            plain = _message_plain(message)
+            self._fanout_local(room, Outgoing(message, plain))
+
+    def catch_up(self, room_name: str) -> None:
+        room = self.rooms.get(room_name)
+        if room is not None:
+            self._catch_up(room)
+
+    def present_again(self) -> None:
+        """This node's presence was lost (Redis away too long): its members join again.
+
+        Locally they never left; the other nodes swept them and hear them come back.
+        """
+        for user in list(self._users.values()):
+            self.backplane.open_user(user.subject)
+        for room in list(self.rooms.values()):
+            for user in list(room.users):
+                if self.backplane.joined(room.name, user.name):
+                    event = {"type": "join", "room": room.name, "name": user.name}
+                    event["ts"] = p.now_rfc3339()
+                    plain = f"{user.name} :: joined the chat"
+                    self.backplane.publish_room(room.name, event, plain)
+
+    def resync(self) -> None:
+        """The subscriptions are back after a break: deliver what was missed in every room."""
+        for room in list(self.rooms.values()):
+            self._catch_up(room)
+
+    def remote_event(
+        self, room_name: str, event: Event, plain: str | None, to: list[str] | None
+    ) -> None:
+        """A room event from another node: to this node's members, with what it implies here."""
+        room = self.rooms.get(room_name)
+        if room is None:
+            return
+        kind = event.get("type")
+        if to is not None:
+            names = set(to)
+            told = [c for c in room.clients if c.user is not None and c.user.name in names]
+            self._deliver_all(told, Outgoing(event, plain))
+            return
+        self._fanout_local(room, Outgoing(event, plain))
+        if kind in ("kick", "removed"):
+            self._close_member(room, str(event.get("name")), f"{kind} by {event.get('by')}")
+        elif kind == "closed":
+            self._close_room(room, f"room closed by {event.get('by')}")
+
+    def remote_user(self, subject: str, event: Event, plain: str | None) -> None:
+        """An event for an identity, sent on another node (a DM, a request, an answer)."""
+        user = self._users.get(subject)
+        if user is not None:
+            self._deliver_all(user.clients, Outgoing(event, plain))
+
+    def remote_all(self, event: Event) -> None:
+        """An announcement made on another node."""
+        self._announce_here(event)
+
+    def health_problem(self) -> str | None:
+        """Why this node cannot take messages now (store or backplane), or None."""
+        problem = self.store.problem()
+        if problem is not None:
+            return f"store: {problem}"
+        problem = self.backplane.problem()
+        return None if problem is None else f"backplane: {problem}"
+
 
 def _inline(work: Callable[[], T], done: Callable[[T], None]) -> None:
     done(work())
@@ -1240,6 +1436,11 @@ class PostError(Exception):
 
 class _BadRequest(Exception):
     """A request whose fields have the wrong shape; answered with `error bad_request`."""
+
+
+def _message_plain(message: Event) -> str:
+    via = " (via http)" if message.get("via") == "http" else ""
+    return _plain(f"{message['from']}{via} :: ", message["text"])
 
 
 def _dm(event: Event) -> Outgoing:

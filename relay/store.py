@@ -37,6 +37,15 @@ class Store(ABC):
     def append(self, room: str, message: Event) -> None:
         """Keep `message`, whose seq is the room's latest plus one."""
 
+    def add(self, room: str, message: Event, plain: str | None = None) -> Event:
+        """Number `message` as the room's next and keep it; `plain`: its plain-text line.
+
+        One step, so that a store shared by several nodes can number atomically.
+        """
+        message["seq"] = self.room(room)[1] + 1
+        self.append(room, message)
+        return message
+
     @abstractmethod
     def after(self, room: str, seq: int) -> list[Event] | None:
         """Every kept message with a seq above `seq`; None when some of them are no longer kept."""
@@ -340,3 +349,7 @@ def seq_key(message: Event) -> int:
     """
     seq: int = message["seq"]
     return seq
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached now (a shared store's server is down): refuse, do not wait."""

@@ -1,0 +1,76 @@
+"""How one node's hub reaches the members that other nodes hold.
+
+The hub calls these methods synchronously and they never block for long; what comes back from
+other nodes arrives through the hub's `remote_*` methods. `Backplane` itself is the node alone
+(the default): nobody else to tell, so every call is a no-op and rooms are ordered locally.
+`relay.redis_backplane` is the drop-in for several nodes on one Redis.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from shared.protocol import Event
+
+if TYPE_CHECKING:
+    from relay.core import Hub
+
+
+class Backplane:
+    """The node alone: what it holds is all there is."""
+
+    # True when room messages reach local members only through `Hub.remote_message`, in the
+    # order the shared store numbered them (also the sender's own, so that every member of a
+    # room sees one order on every node).
+    ordered = False
+    node = "local"
+
+    def start(self, hub: Hub) -> None:
+        """Begin hearing other nodes (the server's loop is running now)."""
+
+    async def stop(self) -> None:
+        """Leave the other nodes, once this node's connections are closed."""
+
+    def open_room(self, room: str) -> None:
+        """The node has members in `room` now: hear what other nodes say there."""
+
+    def close_room(self, room: str) -> None:
+        """The node's last member of `room` left."""
+
+    def open_user(self, subject: str) -> None:
+        """An identity connected to this node: hear DMs and answers sent to it elsewhere."""
+
+    def close_user(self, subject: str) -> None:
+        """The identity's last connection to this node closed."""
+
+    def publish_room(
+        self, room: str, event: Event, plain: str | None, to: list[str] | None = None
+    ) -> None:
+        """Hand a room event (not a message) to the other nodes' members (`to`: only those)."""
+
+    def publish_user(self, subject: str, event: Event, plain: str | None) -> bool:
+        """Hand an event to the identity's connections on other nodes; True when it has some."""
+        return False
+
+    def publish_all(self, event: Event, plain: str | None) -> None:
+        """Hand an event to every room on the other nodes (announcements)."""
+
+    def joined(self, room: str, name: str) -> bool:
+        """`name` is now in `room` on this node; True when it was in it on no node before."""
+        return True
+
+    def left(self, room: str, name: str) -> bool:
+        """`name` left `room` on this node; True when it is now in it on no node."""
+        return True
+
+    def members(self, room: str) -> list[str] | None:
+        """Every name in `room` on any node, or None when this node's own are all there are."""
+        return None
+
+    def problem(self) -> str | None:
+        """Why other nodes cannot be reached now, or None."""
+        return None
+
+    def metrics(self) -> str:
+        """Prometheus lines about the backplane for /metrics (none for a node alone)."""
+        return ""

@@ -1,0 +1,340 @@
+"""Room history, names, owners and DMs in Redis, shared by every relay node that uses it.
+
+What makes several nodes one relay is that a room's order is decided in one place: `add` runs
+one script that takes the room's next seq, appends the message to the room's stream (bounded)
+and publishes it on the room's channel, all in one step. Publishing inside the script puts
+the channel's order and the seq order in agreement, so a node that hands on what its
+subscription brings delivers every room in seq order without sorting anything.
+
+Calls are synchronous, like SQLite's reads: the hub is plain Python that runs to completion,
+and on a nearby Redis one round trip costs about what a page-cache read does. They are short
+by construction (a socket timeout of `TIMEOUT`); when Redis cannot be reached the store says
+so in `problem()` and refuses at once (`StoreUnavailable`) until `probe()` reaches it again,
+so a dead Redis never makes every frame wait for a timeout.
+
+Keys carry the room in a hash tag (`chat:{room}:…`), so one room's keys stay on one shard of
+a Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+
+from relay.names import key
+from relay.store import Store, StoreUnavailable
+from shared import protocol as p
+from shared.protocol import Event
+
+TIMEOUT = 1.0
+# A room that was only looked at is not created; its epoch is derived from its name, the
+# cluster's salt and how many times it was closed, so every node reports the same one.
+_EPOCH = """
+local function epoch(meta, gen_key, salt, room)
+  local e = redis.call('HGET', meta, 'epoch')
+  if e then return e end
+  local gen = redis.call('GET', gen_key) or '0'
+  return string.sub(redis.sha1hex(salt .. '/' .. room .. '/' .. gen), 1, 12)
+end
+"""
+# KEYS: meta, log, gen; ARGV: salt, room, history limit, message head, message tail,
+# channel, plain line (JSON). Published: the message's JSON, a newline, the plain line's JSON
+# (compact JSON has no raw newline), so a node hands the message's JSON on as it came.
+# Returns {seq, epoch}.
+_ADD = (
+    _EPOCH
+    + """
+local e = epoch(KEYS[1], KEYS[3], ARGV[1], ARGV[2])
+redis.call('HSETNX', KEYS[1], 'epoch', e)
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], seq .. '-1', 'm', ARGV[4] .. seq .. ARGV[5])
+redis.call('PUBLISH', ARGV[6], ARGV[4] .. seq .. ARGV[5] .. '\\n' .. ARGV[7])
+return {seq, e}
+"""
+)
+# KEYS: meta, gen; ARGV: salt, room. Returns {epoch, seq}.
+_PEEK = (
+    _EPOCH
+    + """
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+return {epoch(KEYS[1], KEYS[2], ARGV[1], ARGV[2]), seq}
+"""
+)
+# KEYS: names, idnames, seen, chosen; ARGV: subject, name, name key, now, chosen.
+_SET_NAME = """
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+if old and old ~= ARGV[2] then
+  local old_key = cjson.decode(redis.call('HGET', KEYS[2], ARGV[1] .. '/key') or 'null')
+  if old_key and redis.call('HGET', KEYS[1], old_key) == ARGV[1] then
+    redis.call('HDEL', KEYS[1], old_key)
+  end
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2], ARGV[1] .. '/key', cjson.encode(ARGV[3]))
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+if ARGV[5] == '1' then redis.call('SADD', KEYS[4], ARGV[1]) end
+"""
+# KEYS: the mailbox; ARGV: 'sender' or 'ids', then the sender or the ids. Keeps the others.
+_FILTER_DMS = """
+local kept = {}
+local drop = {}
+for i = 2, #ARGV do drop[ARGV[i]] = true end
+for _, item in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  local held = cjson.decode(item)
+  local what = ARGV[1] == 'sender' and held[1] or held[2]['id']
+  if not drop[what] then table.insert(kept, item) end
+end
+redis.call('DEL', KEYS[1])
+for start = 1, #kept, 1000 do
+  redis.call('RPUSH', KEYS[1], unpack(kept, start, math.min(start + 999, #kept)))
+end
+"""
+
+log = logging.getLogger("relay.redis")
+T = TypeVar("T")
+# How every published message starts (and nothing else on a room's channel does).
+MESSAGE_HEAD = '{"seq":'
+
+
+def room_channel(room: str) -> str:
+    return f"chat:{{{room}}}:events"
+
+
+class RedisStore(Store):
+    """The `Store` of a cluster of relay nodes; see the module docstring."""
+
+    def __init__(
+        self,
+        url: str,
+        history_limit: int = 1000,
+        clock: Callable[[], float] = time.time,
+        client: redis.Redis | None = None,
+    ) -> None:
+        self._redis = client or redis.Redis.from_url(
+            url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT, decode_responses=True
+        )
+        self._limit = max(1, history_limit)
+        self._clock = clock
+        self._problem: str | None = None
+        self.failures = 0
+        self._add = self._redis.register_script(_ADD)
+        self._peek = self._redis.register_script(_PEEK)
+        self._set_name = self._redis.register_script(_SET_NAME)
+        self._filter_dms = self._redis.register_script(_FILTER_DMS)
+        self._salt = self._call(self._load_salt)
+
+    def _load_salt(self) -> str:
+        self._redis.set("chat:salt", secrets.token_hex(8), nx=True)
+        return str(self._redis.get("chat:salt"))
+
+    # -- failure handling -----------------------------------------------------------------------
+
+    def _call(self, work: Callable[[], T]) -> T:
+        """Run `work` against Redis; a Redis that cannot be reached turns the store off.
+
+        While off, nothing is tried: `probe` (the node's health loop) turns it on again.
+        """
+        if self._problem is not None:
+            raise StoreUnavailable(self._problem)
+        try:
+            return work()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.failures += 1
+            self._problem = f"redis: {exc}"
+            raise StoreUnavailable(self._problem) from None
+        except redis.ResponseError as exc:
+            # Redis answered but refused (out of memory, read-only replica, busy script).
+            self.failures += 1
+            log.error("redis refused a command: %s", exc)
+            if "OOM" in str(exc) or "READONLY" in str(exc) or "BUSY" in str(exc):
+                self._problem = f"redis: {exc}"
+            raise StoreUnavailable(f"redis: {exc}") from None
+
+    def problem(self) -> str | None:
+        return self._problem
+
+    def counters(self) -> tuple[int, int]:
+        return self.failures, 0
+
+    def probe(self) -> bool:
+        """Try Redis once; True when it answers (the store is on again)."""
+        try:
+            self._redis.ping()
+            # A Redis that came back empty (restarted without persistence) needs its salt.
+            self._salt = self._load_salt()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._problem = f"redis: {exc}"
+            return False
+        self._problem = None
+        return True
+
+    def close(self) -> None:
+        self._redis.close()
+
+    # -- messages ---------------------------------------------------------------------------------
+
+    def _meta(self, room: str) -> str:
+        return f"chat:{{{room}}}:meta"
+
+    def _log(self, room: str) -> str:
+        return f"chat:{{{room}}}:log"
+
+    def _gen(self, room: str) -> str:
+        return f"chat:{{{room}}}:gen"
+
+    def room(self, room: str) -> tuple[str, int]:
+        keys = [self._meta(room), self._gen(room)]
+        epoch, seq = self._call(lambda: self._peek(keys=keys, args=[self._salt, room]))
+        return str(epoch), int(seq)
+
+    def add(self, room: str, message: Event, plain: str | None = None) -> Event:
+        """Number `message`, keep it and publish it to every node, in one step."""
+        head, tail = _split(message)
+        keys = [self._meta(room), self._log(room), self._gen(room)]
+        args: list[str | int | float] = [
+            self._salt,
+            room,
+            self._limit,
+            head,
+            tail,
+            room_channel(room),
+            json.dumps(plain, ensure_ascii=False),
+        ]
+        seq, _ = self._call(lambda: self._add(keys=keys, args=args))
+        return {**message, "seq": int(seq)}
+
+    def append(self, room: str, message: Event) -> None:
+        """Keep a message numbered elsewhere (seeding a demo): its seq is the room's next."""
+        self.add(room, {k: v for k, v in message.items() if k != "seq"})
+
+    def after(self, room: str, seq: int) -> list[Event] | None:
+        _, latest = self.room(room)
+        if seq >= latest:
+            return [] if seq == latest else None
+        entries = self._call(lambda: self._redis.xrange(self._log(room), f"{seq + 1}-0", "+"))
+        kept = _messages(entries)
+        if not kept or kept[0]["seq"] > seq + 1:
+            return None
+        return kept
+
+    def before(self, room: str, before: int | None, limit: int) -> list[Event]:
+        if limit <= 0 or (before is not None and before <= 1):
+            return []
+        top = "+" if before is None else f"{before - 1}-1"
+        entries = self._call(
+            lambda: self._redis.xrevrange(self._log(room), top, "-", count=min(limit, 10_000))
+        )
+        return _messages(entries)[::-1]
+
+    def delete_room(self, room: str) -> None:
+        def work() -> None:
+            pipe = self._redis.pipeline()
+            pipe.incr(self._gen(room))
+            pipe.delete(self._meta(room), self._log(room), self._reads(room))
+            pipe.execute()
+
+        self._call(work)
+
+    def release(self, room: str) -> None:
+        meta = self._call(lambda: self._redis.hgetall(self._meta(room)))
+        if meta and not int(meta.get("seq", 0)) and "topic" not in meta:
+            self._call(lambda: self._redis.delete(self._meta(room), self._reads(room)))
+
+    # -- rooms --------------------------------------------------------------------------------
+
+    def owner(self, room: str) -> str | None:
+        return _str(self._call(lambda: self._redis.hget(self._meta(room), "owner")))
+
+    def set_owner(self, room: str, subject: str) -> None:
+        self._call(lambda: self._redis.hset(self._meta(room), "owner", subject))
+
+    def topic(self, room: str) -> str | None:
+        return _str(self._call(lambda: self._redis.hget(self._meta(room), "topic")))
+
+    def set_topic(self, room: str, topic: str) -> None:
+        self._call(lambda: self._redis.hset(self._meta(room), "topic", topic))
+
+    def _reads(self, room: str) -> str:
+        return f"chat:{{{room}}}:reads"
+
+    def read_marker(self, room: str, subject: str) -> int:
+        found = self._call(lambda: self._redis.hget(self._reads(room), subject))
+        return int(found) if found else 0
+
+    def set_read_marker(self, room: str, subject: str, seq: int) -> None:
+        self._call(lambda: self._redis.hset(self._reads(room), subject, seq))
+
+    # -- identities ---------------------------------------------------------------------------
+
+    def identity_name(self, subject: str) -> str | None:
+        return _str(self._call(lambda: self._redis.hget("chat:idnames", subject)))
+
+    def set_identity_name(self, subject: str, name: str, chosen: bool = False) -> None:
+        keys = ["chat:names", "chat:idnames", "chat:seen", "chat:chosen"]
+        args: list[str | int | float] = [
+            subject,
+            name,
+            key(name),
+            self._clock(),
+            "1" if chosen else "0",
+        ]
+        self._call(lambda: self._set_name(keys=keys, args=args))
+
+    def subject_of(self, name: str) -> str | None:
+        return _str(self._call(lambda: self._redis.hget("chat:names", key(name))))
+
+    # -- DMs ------------------------------------------------------------------------------------
+
+    def _mailbox(self, to: str) -> str:
+        return f"chat:dms:{to}"
+
+    def hold_dm(self, to: str, sender: str, event: Event) -> None:
+        item = json.dumps([sender, event], ensure_ascii=False, separators=(",", ":"))
+        self._call(lambda: self._redis.rpush(self._mailbox(to), item))
+
+    def held_dms(self, to: str) -> list[tuple[str, Event]]:
+        items = self._call(lambda: self._redis.lrange(self._mailbox(to), 0, -1))
+        return [(sender, event) for sender, event in map(json.loads, items)]
+
+    def drop_dms(self, to: str, sender: str) -> None:
+        self._call(lambda: self._filter_dms(keys=[self._mailbox(to)], args=["sender", sender]))
+
+    def forget_dms(self, to: str, ids: list[str]) -> None:
+        if ids:
+            self._call(lambda: self._filter_dms(keys=[self._mailbox(to)], args=["ids", *ids]))
+
+    def dm_consent(self, a: str, b: str) -> tuple[str, str] | None:
+        found = _str(self._call(lambda: self._redis.hget("chat:consent", _pair(a, b))))
+        if not found:
+            return None
+        state, _, requester = found.partition("|")
+        return state, requester
+
+    def set_dm_consent(self, a: str, b: str, state: str, requester: str) -> None:
+        value = f"{state}|{requester}"
+        self._call(lambda: self._redis.hset("chat:consent", _pair(a, b), value))
+
+
+def _pair(a: str, b: str) -> str:
+    return "|".join(sorted((a, b)))
+
+
+def _split(message: Event) -> tuple[str, str]:
+    """The message's JSON around where its seq goes: seq first, so the split needs no search."""
+    body = p.encode({k: v for k, v in message.items() if k != "seq"})
+    return MESSAGE_HEAD, "," + body[1:]
+
+
+def _messages(entries: Any) -> list[Event]:
+    """Stream entries (id, {"m": json}) as messages."""
+    return [json.loads(fields["m"]) for _, fields in entries or ()]
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,162 @@
+"""Several relay processes on one real Redis behave as one relay (issue 11).
+
+Every test starts its own `redis-server` on an ephemeral port and two or three relays on it,
+and talks to them with real WebSocket and HTTP clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+
+import httpx
+
+from tests.redisproc import RedisProcess
+from tests.relayproc import JsonClient, RelayProcess, closed, eventually, metric
+
+NODE_TTL = "1.5"
+
+
+def nodes(
+    relay_factory: Callable[..., RelayProcess], redis: RedisProcess, count: int, *extra: str
+) -> list[RelayProcess]:
+    args = ("--rate", "0", "--redis", redis.url, "--node-ttl", NODE_TTL, *extra)
+    return [relay_factory(*args) for _ in range(count)]
+
+
+async def test_messages_reach_every_node_in_one_order(
+    relay_factory: Callable[..., RelayProcess], redis_server: RedisProcess
+) -> None:
+    relays = nodes(relay_factory, redis_server, 3)
+    clients = [await JsonClient.connect(relay.url("r")) for relay in relays for _ in range(2)]
+    per_client = 20
+
+    async def talk(client: JsonClient, index: int) -> None:
+        for n in range(per_client):
+            await client.send(type="say", text=f"{index}:{n}")
+
+    await asyncio.gather(*(talk(client, index) for index, client in enumerate(clients)))
+    total = per_client * len(clients)
+    orders = []
+    for client in clients:
+        got = []
+        while len(got) < total:
+            got.append(await client.expect("message"))
+        assert [m["seq"] for m in got] == list(range(1, total + 1))
+        orders.append([m["text"] for m in got])
+    assert all(order == orders[0] for order in orders), "one order for every member"
+    for index in range(len(clients)):
+        mine = [text for text in orders[0] if text.startswith(f"{index}:")]
+        assert mine == [f"{index}:{n}" for n in range(per_client)]
+
+
+async def test_presence_names_and_history_cover_every_node(
+    relay_factory: Callable[..., RelayProcess], redis_server: RedisProcess
+) -> None:
+    a, b = nodes(relay_factory, redis_server, 2)
+    alice = await JsonClient.connect(a.url("r"))
+    await alice.send(type="nick", name="alice")
+    await alice.expect("nick", new="alice")
+    await alice.send(type="say", text="before bob")
+    await alice.expect("message", text="before bob")
+    bob = await JsonClient.connect(b.url("r"))
+    assert "alice" in bob.welcome["members"]
+    assert [m["text"] for m in bob.events if m["type"] == "message"] == ["before bob"]
+    joined = await alice.expect("join")
+    assert joined["name"] == bob.welcome["you"]
+    # A name held on one node is taken on every node.
+    await bob.send(type="nick", name="Alice")
+    error = await bob.expect("error")
+    assert error["code"] == "name_taken"
+    await bob.send(type="who")
+    members = await bob.expect("members")
+    assert set(members["members"]) == {"alice", bob.welcome["you"]}
+    await bob.close()
+    left = await alice.expect("leave")
+    assert left["name"] == bob.welcome["you"]
+
+
+async def test_dms_cross_nodes(
+    relay_factory: Callable[..., RelayProcess], redis_server: RedisProcess
+) -> None:
+    a, b = nodes(relay_factory, redis_server, 2)
+    alice = await JsonClient.connect(a.url("r"))
+    bob = await JsonClient.connect(b.url("elsewhere"))
+    await alice.send(type="dm", to=bob.welcome["you"], text="hello bob")
+    held = await alice.expect("dm")
+    assert held.get("held") is True
+    await bob.expect("dm_request", **{"from": alice.welcome["you"]})
+    await bob.send(type="dm_accept", **{"from": alice.welcome["you"]})
+    first = await bob.expect("dm")
+    assert first["text"] == "hello bob"
+    await alice.expect("dm_accepted", by=bob.welcome["you"])
+    await alice.send(type="dm", to=bob.welcome["you"], text="again")
+    again = await bob.expect("dm", text="again")
+    assert again["from"] == alice.welcome["you"]
+    echo = await alice.expect("dm", text="again")
+    assert not echo.get("held") and not echo.get("queued")
+
+
+async def test_a_killed_node_s_clients_resume_elsewhere_and_its_members_leave(
+    relay_factory: Callable[..., RelayProcess], redis_server: RedisProcess
+) -> None:
+    a, b = nodes(relay_factory, redis_server, 2)
+    watcher = await JsonClient.connect(a.url("r"))
+    doomed = await JsonClient.connect(b.url("r"))
+    await watcher.expect("join", name=doomed.welcome["you"])
+    for n in range(5):
+        await watcher.send(type="say", text=f"m{n}")
+    got = [await doomed.expect("message") for _ in range(5)]
+    last, epoch = got[-1]["seq"], doomed.welcome["epoch"]
+    b.stop(signal.SIGKILL)
+    for n in range(5, 8):
+        await watcher.send(type="say", text=f"m{n}")
+    # The client resumes through another node with what it last saw: no gap, no duplicate.
+    resumed = await JsonClient.connect(
+        a.url("r", f"token={doomed.welcome['token']}&since={last}&epoch={epoch}")
+    )
+    assert resumed.welcome["recovered"] is True
+    assert resumed.welcome["you"] == doomed.welcome["you"]
+    replay = [e for e in resumed.events if e["type"] == "message"]
+    assert [m["text"] for m in replay] == ["m5", "m6", "m7"]
+    await resumed.close()
+    # The dead node's member leaves once its heartbeat lapses (NODE_TTL), with a leave event.
+    left = await watcher.expect("leave", timeout=10, name=doomed.welcome["you"])
+    assert left["room"] == "r"
+
+
+async def test_redis_stop_refuses_then_resumes_without_loss(
+    relay_factory: Callable[..., RelayProcess], tmp_path_factory: object
+) -> None:
+    import pathlib
+    import tempfile
+
+    redis = RedisProcess(pathlib.Path(tempfile.mkdtemp()) / "redis", appendonly=True)
+    try:
+        a, b = nodes(relay_factory, redis, 2)
+        alice = await JsonClient.connect(a.url("r"))
+        bob = await JsonClient.connect(b.url("r"))
+        await alice.send(type="say", text="kept 1")
+        await bob.expect("message", text="kept 1")
+        redis.stop()
+        await alice.send(type="say", text="while down")
+        error = await alice.expect("error")
+        assert error["code"] == "unavailable"
+        async with httpx.AsyncClient(base_url=a.http) as http:
+            health = await http.get("/healthz")
+            assert health.status_code == 503 and "redis" in health.json()["reason"]
+            redis.start()
+
+            async def healthy() -> bool | None:
+                return (await http.get("/healthz")).status_code == 200 or None
+
+            await eventually(healthy, timeout=15)
+            assert metric((await http.get("/metrics")).text, "chat_backplane_healthy") == 1
+        await alice.send(type="say", text="kept 2")
+        got = await bob.expect("message", text="kept 2", timeout=10)
+        assert got["seq"] == 2
+        history = httpx.get(f"{b.http}/rooms/r/messages").json()["messages"]
+        assert [m["text"] for m in history] == ["kept 1", "kept 2"]
+    finally:
+        redis.stop()
