@@ -171,10 +171,11 @@ Op = (
 class Writer(threading.Thread):
     """The one thread that writes the database; the event loop only puts work on `queue`.
 
-    What the event loop reads back (plain attributes, each written by this thread alone):
-    `written`, how many queued operations are done with; `problem`, why it cannot write now;
-    `failures` and `pending` for /metrics; `floors`, where retention cut each room's history;
-    and `reader_stale`, set when a deleted file was restored and the reader must reopen.
+    What the event loop reads back (plain attributes written by this thread): `written`, how
+    many queued operations are done with; `problem`, why it cannot write now; `failures` and
+    `pending` for /metrics; `floors`, where retention cut each room's history; and
+    `reader_stale`, set when a deleted file was restored, which the event loop clears when it
+    reopens its reader (adding the old one to `orphans`, closed with the store).
     """
 
     def __init__(
