@@ -27,8 +27,8 @@ from relay.core import NAME_GRACE, Hub, Limits
 from relay.direct import write_path
 from relay.jwt_tokens import jwt_signer
 from relay.names import key
-from relay.sqlite_store import SQLiteStore
 from relay.store import MemoryStore, Store, StoreUnavailable
+from relay.store.sqlite import SQLiteStore
 from relay.tokens import load_secret
 from relay.webclient import how_to_connect
 from shared.xdg import state_home
@@ -309,7 +309,7 @@ def _cluster(args: argparse.Namespace, history: int) -> tuple[Store, Backplane]:
     """The Redis store and backplane; one line and exit when they cannot be had."""
     try:
         from relay.redis_backplane import RedisBackplane
-        from relay.redis_store import RedisStore
+        from relay.store.redis import RedisStore
     except ImportError:
         needs = "chat-relay: --redis needs redis-py: pip install 'terminal-chat[redis]'"
         raise SystemExit(needs) from None

@@ -655,7 +655,7 @@ class Hub:
             "type": "message",
             "room": room,
             "id": self._next_id(),
-            "seq": 0,  # the store numbers it
+            "seq": 0,  # numbered by the store (add), here so the fields keep their order
             "ts": p.now_rfc3339(),
             "from": sender,
             "text": text,
@@ -1414,6 +1414,8 @@ class Hub:
         """An announcement made on another node."""
         self._announce_here(event)
 
+    # -- what the HTTP layer asks of the store (it never reaches the store itself) --------------
+
     def health_problem(self) -> str | None:
         """Why this node cannot take messages now (store or backplane), or None."""
         problem = self.store.problem()
@@ -1421,6 +1423,30 @@ class Hub:
             return f"store: {problem}"
         problem = self.backplane.problem()
         return None if problem is None else f"backplane: {problem}"
+
+    def store_healthy(self) -> bool:
+        return self.store.problem() is None
+
+    def backplane_metrics(self) -> str:
+        return self.backplane.metrics()
+
+    def store_counters(self) -> tuple[int, int]:
+        """(failed write attempts so far, changes waiting to be written) for /metrics."""
+        return self.store.counters()
+
+    def room_topic(self, room: str) -> str | None:
+        return self.store.topic(room)
+
+    def history_page(
+        self, room: str, before: int | None, limit: int
+    ) -> tuple[str, int, list[Event]]:
+        """The room's epoch and latest seq, and up to `limit` messages below `before`."""
+        epoch, seq = self.store.room(room)
+        return epoch, seq, self.store.before(room, before, limit)
+
+    def stored_name(self, subject: str) -> str | None:
+        """The name the store last knew for an identity, online or not."""
+        return self.store.identity_name(subject)
 
 
 def _inline(work: Callable[[], T], done: Callable[[T], None]) -> None:

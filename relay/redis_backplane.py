@@ -29,7 +29,7 @@ import redis
 import redis.asyncio
 
 from relay.cluster import Backplane
-from relay.redis_store import MESSAGE_HEAD, TIMEOUT, RedisStore, room_channel
+from relay.store.redis import MESSAGE_HEAD, TIMEOUT, RedisStore, room_channel
 from shared.protocol import Event, now_rfc3339
 
 if TYPE_CHECKING:

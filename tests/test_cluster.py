@@ -13,7 +13,7 @@ from collections.abc import Callable
 import httpx
 
 from tests.redisproc import RedisProcess
-from tests.relayproc import JsonClient, RelayProcess, closed, eventually, metric
+from tests.relayproc import JsonClient, RelayProcess, eventually, metric
 
 NODE_TTL = "1.5"
 

@@ -58,6 +58,16 @@ redis.call('PUBLISH', ARGV[6], ARGV[4] .. seq .. ARGV[5] .. '\\n' .. ARGV[7])
 return {seq, e}
 """
 )
+# KEYS: meta, log, gen; ARGV: salt, room, history limit, seq, message. Keeps a message numbered
+# elsewhere (a demo's seeded history, a restore), published to nobody.
+_APPEND = (
+    _EPOCH
+    + """
+redis.call('HSETNX', KEYS[1], 'epoch', epoch(KEYS[1], KEYS[3], ARGV[1], ARGV[2]))
+redis.call('HSET', KEYS[1], 'seq', ARGV[4])
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], ARGV[4] .. '-1', 'm', ARGV[5])
+"""
+)
 # KEYS: meta, gen; ARGV: salt, room. Returns {epoch, seq}.
 _PEEK = (
     _EPOCH
@@ -125,6 +135,7 @@ class RedisStore(Store):
         self.failures = 0
         self._add = self._redis.register_script(_ADD)
         self._peek = self._redis.register_script(_PEEK)
+        self._append = self._redis.register_script(_APPEND)
         self._set_name = self._redis.register_script(_SET_NAME)
         self._filter_dms = self._redis.register_script(_FILTER_DMS)
         self._salt = self._call(self._load_salt)
@@ -207,21 +218,30 @@ class RedisStore(Store):
             json.dumps(plain, ensure_ascii=False),
         ]
         seq, _ = self._call(lambda: self._add(keys=keys, args=args))
-        return {**message, "seq": int(seq)}
+        message["seq"] = int(seq)
+        return message
 
     def append(self, room: str, message: Event) -> None:
-        """Keep a message numbered elsewhere (seeding a demo): its seq is the room's next."""
-        self.add(room, {k: v for k, v in message.items() if k != "seq"})
+        keys = [self._meta(room), self._log(room), self._gen(room)]
+        args = [self._salt, room, self._limit, message["seq"], p.encode(message)]
+        self._call(lambda: self._append(keys=keys, args=args))
 
     def after(self, room: str, seq: int) -> list[Event] | None:
         _, latest = self.room(room)
         if seq >= latest:
             return [] if seq == latest else None
-        entries = self._call(lambda: self._redis.xrange(self._log(room), f"{seq + 1}-0", "+"))
-        kept = _messages(entries)
-        if not kept or kept[0]["seq"] > seq + 1:
+
+        def work() -> list[Any]:
+            pipe = self._redis.pipeline()
+            pipe.xrange(self._log(room), "-", "+", count=1)
+            pipe.xrange(self._log(room), f"{seq + 1}-0", "+")
+            return list(pipe.execute())
+
+        oldest, entries = self._call(work)
+        # Seqs can have gaps; only history trimmed past `seq` makes the answer incomplete.
+        if not oldest or _messages(oldest)[0]["seq"] > seq + 1:
             return None
-        return kept
+        return _messages(entries)
 
     def before(self, room: str, before: int | None, limit: int) -> list[Event]:
         if limit <= 0 or (before is not None and before <= 1):
