@@ -25,17 +25,33 @@ class LoadGenError(RuntimeError):
 
 
 class LoadGen:
-    def __init__(self, port: int, protocol: str, relay_pid: int, procs: int = 1) -> None:
-        self.port = port
+    """Clients for one relay, or for several nodes of one relay (a tuple of ports and of pids).
+
+    With several ports, client `cid` connects to `ports[cid % len(ports)]`, so members and
+    senders are spread evenly; the relay CPU reported is the sum over `relay_pid`. `watch`
+    names other processes (e.g. Redis) whose CPU share over the window is reported as
+    `<name>_cpu`.
+    """
+
+    def __init__(
+        self,
+        port: int | tuple[int, ...],
+        protocol: str,
+        relay_pid: int | tuple[int, ...],
+        procs: int = 1,
+        watch: dict[str, int] | None = None,
+    ) -> None:
+        self.ports = (port,) if isinstance(port, int) else port
         self.protocol = protocol
-        self.relay_pid = relay_pid
+        self.relay_pids = (relay_pid,) if isinstance(relay_pid, int) else relay_pid
+        self.watch = watch or {}
         self.procs: list[mp.Process] = []
         self.pipes: list[Pipe] = []
         context = mp.get_context("fork")
         for _ in range(max(1, procs)):
             mine, theirs = context.Pipe()
             proc = context.Process(
-                target=worker_main, args=(theirs, port, protocol, 900), daemon=True
+                target=worker_main, args=(theirs, self.ports, protocol, 900), daemon=True
             )
             proc.start()
             self.procs.append(proc)
@@ -118,24 +134,29 @@ class LoadGen:
         for at, what in sorted(marks):
             _sleep_until(at)
             if what == "rss":
-                samples["rss_kb"].append(((at - sched["t_start"]) / 1e9, rss_kb(self.relay_pid)))
+                samples["rss_kb"].append(((at - sched["t_start"]) / 1e9, self.relay_rss_kb()))
             else:
                 samples[what] = (
-                    cpu_seconds(self.relay_pid),
+                    self.relay_cpu(),
                     self.loadgen_cpu(),
                     machine_busy_seconds(),
+                    {name: cpu_seconds(pid) for name, pid in self.watch.items()},
                 )
         timeout = (sched["t_stop"] - monotonic_ns()) / 1e9 + sched["drain_s"] + 40
         results = self.collect(timeout)
         window = (sched["m1"] - sched["m0"]) / 1e9
-        (relay0, lg0, all0), (relay1, lg1, all1) = samples["m0"], samples["m1"]
+        (relay0, lg0, all0, w0), (relay1, lg1, all1, w1) = samples["m0"], samples["m1"]
         samples["relay_cpu"] = _share(relay0, relay1, window)
         samples["loadgen_cpu"] = _share(lg0, lg1, window)
+        watched = 0.0
+        for name in self.watch:
+            samples[f"{name}_cpu"] = _share(w0[name], w1[name], window)
+            watched += samples[f"{name}_cpu"] or 0.0
         other = _share(all0[0], all1[0], window) or 0.0
-        other -= (samples["relay_cpu"] or 0) + (samples["loadgen_cpu"] or 0)
+        other -= (samples["relay_cpu"] or 0) + (samples["loadgen_cpu"] or 0) + watched
         samples["other_cpu"] = round(max(0.0, other), 3)
         samples["irq_cpu"] = _share(all0[1], all1[1], window)
-        samples["relay_rss_mb"] = (rss_kb(self.relay_pid) or 0) / 1024
+        samples["relay_rss_mb"] = (self.relay_rss_kb() or 0) / 1024
         return results, samples
 
     def close(self) -> dict[int, int]:
@@ -144,6 +165,14 @@ class LoadGen:
             for code, count in reply["close_codes"].items():
                 codes[code] = codes.get(code, 0) + count
         return codes
+
+    def relay_cpu(self) -> float | None:
+        each = [cpu_seconds(pid) for pid in self.relay_pids]
+        return None if None in each else sum(t or 0.0 for t in each)
+
+    def relay_rss_kb(self) -> int | None:
+        each = [rss_kb(pid) for pid in self.relay_pids]
+        return None if None in each else sum(kb or 0 for kb in each)
 
     def loadgen_cpu(self) -> float:
         return sum(cpu_seconds(p.pid) or 0.0 for p in self.procs if p.pid is not None)

@@ -40,9 +40,9 @@ class Member:
 
 
 class Worker:
-    def __init__(self, pipe: Pipe, port: int, protocol: str) -> None:
+    def __init__(self, pipe: Pipe, ports: tuple[int, ...], protocol: str) -> None:
         self.pipe = pipe
-        self.port = port
+        self.ports = ports
         self.json = protocol == "chat.v1"
         self.subprotocol = SUBPROTOCOL if self.json else None
         self.query = "?backlog=0" if self.json else ""
@@ -76,7 +76,8 @@ class Worker:
         path = f"/chat/{member.room}{self.query}"
         start = monotonic_ns()
         try:
-            member.client = await connect(self.port, path, on_text, self.subprotocol, rcvbuf)
+            port = self.ports[member.cid % len(self.ports)]
+            member.client = await connect(port, path, on_text, self.subprotocol, rcvbuf)
         except (TimeoutError, OSError) as error:
             self.connect_errors += 1
             member.extra["error"] = repr(error)
@@ -290,11 +291,11 @@ async def _sleep_until(t_ns: int) -> None:
         await asyncio.sleep(delay)
 
 
-def worker_main(pipe: Pipe, port: int, protocol: str, max_seconds: float) -> None:
+def worker_main(pipe: Pipe, ports: tuple[int, ...], protocol: str, max_seconds: float) -> None:
     """Child process entry: uvloop, a hard alarm so it can never outlive its run."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
     signal.alarm(int(max_seconds))
     import uvloop
 
-    uvloop.run(Worker(pipe, port, protocol).serve())
+    uvloop.run(Worker(pipe, ports, protocol).serve())
