@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test fuzz lint format bench soak clean
+.PHONY: run demo test fuzz lint format bench bench-cluster soak clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -37,6 +37,10 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# One room on SQLite, on Redis and over two Redis nodes (needs redis-server); < 10 minutes.
+bench-cluster: $(STAMP)
+	$(BIN)/python -m bench.cluster
 
 # About 10 minutes, not part of `make test`: docs/reliability.md has a run.
 soak: $(STAMP)
