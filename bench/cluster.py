@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from time import monotonic_ns
+from typing import Any
 
 from bench.loadgen import LoadGen, Spec, settle
 from bench.relays import RESULTS, RunningRelay, _ours, free_port, snapshot_ours
@@ -122,7 +123,7 @@ def fanout(
     modes: list[tuple[str, float]],
     warmup: float,
     duration: float,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """N clients in one room, spread over the setup's nodes; one measured run per mode."""
     room = f"cl{n}-{monotonic_ns() % 100000}"
     chosen = _spread(n, senders)
@@ -181,7 +182,7 @@ def _per(cpu: float | None, per_second: float) -> float | None:
     return round(cpu * 1e6 / per_second, 2)
 
 
-def summary(records: list[dict], ns: list[int]) -> str:
+def summary(records: list[dict[str, Any]], ns: list[int]) -> str:
     """Medians over repetitions, as a Markdown table, and the per-message costs against SQLite."""
 
     def median(setup: str, n: int, mode: str, key: str) -> float | None:
@@ -239,7 +240,7 @@ def summary(records: list[dict], ns: list[int]) -> str:
     return "\n".join(lines)
 
 
-def _ratios(records: list[dict], a: str, b: str, n: int) -> dict[str, str]:
+def _ratios(records: list[dict[str, Any]], a: str, b: str, n: int) -> dict[str, str]:
     """Per-round ratio a/b of the closed-loop figures, then their median and range."""
     out = {}
     for key in ("msgs_per_s", "relay_us_per_msg"):
@@ -268,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.summary_only:
         lines = args.summary_only.read_text().splitlines()
-        records = [json.loads(line) for line in lines]
-        print(summary(records, sorted({r["n"] for r in records if "n" in r})))
+        stored = [json.loads(line) for line in lines]
+        print(summary(stored, sorted({r["n"] for r in stored if "n" in r})))
         return 0
     if (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {LOADGEN_CPU})
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     out = RESULTS / time.strftime("cluster-%Y%m%d-%H%M%S.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + args.max_minutes * 60
-    records: list[dict] = []
+    records: list[dict[str, Any]] = []
     print(f"[cluster] {machine()}; relays on CPU {RELAY_CPU}, loadgen and redis on CPU "
           f"{LOADGEN_CPU}; results {out}", flush=True)  # fmt: skip
     for rep in range(1, args.reps + 1):
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _line(r: dict) -> str:
+def _line(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"  rep {r['rep']} {r['setup']} N={r['n']}: ERROR {r['error']}"
     lat = r.get("latency_ms") or {}
