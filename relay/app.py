@@ -116,7 +116,12 @@ def create_app(hub: Hub, key: str | None = None) -> Router:
 
     async def healthz(request: Request) -> Response:
         problem = hub.health_problem()
-        health = {"status": "ok", "connections": len(hub.clients), "rooms": len(hub.rooms)}
+        health = {
+            "status": "ok",
+            "connections": len(hub.clients),
+            "rooms": len(hub.rooms),
+            "node": hub.backplane.node,
+        }
         if problem is None:
             return JSONResponse(health)
         health |= {"status": "unavailable", "reason": problem}

@@ -124,6 +124,8 @@ class RedisBackplane(Backplane):
         self.hub: Hub | None = None
         self.reconnects = 0
         self.swept = 0
+        # Whether the subscriber holds a working subscription: a node hears the others then.
+        self._listening = False
 
     # -- life -----------------------------------------------------------------------------------
 
@@ -287,6 +289,7 @@ class RedisBackplane(Backplane):
                 log.warning("redis backplane: subscribed again; catching up")
             if not first or self._store.problem() is not None:
                 await asyncio.to_thread(self._store.probe)
+            self._listening = True
             if self._store.problem() is None:
                 self._problem = None
                 self._present_again()
@@ -296,6 +299,7 @@ class RedisBackplane(Backplane):
                 if message is not None:
                     self._dispatch(message)
         finally:
+            self._listening = False
             changes.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await changes
@@ -374,6 +378,9 @@ class RedisBackplane(Backplane):
                             self._announce_gone(gone)
                     if self._store.problem() is not None:
                         await asyncio.to_thread(self._store.probe)
+                    if self._listening and self._store.problem() is None:
+                        # A command failed while the subscription held: nothing was missed.
+                        self._problem = None
                 except (redis.RedisError, OSError) as exc:
                     self._fail(exc)
                 await asyncio.sleep(self._ttl / 3)
