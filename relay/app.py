@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from typing import Any
 
 from starlette.applications import Starlette
@@ -224,8 +223,8 @@ async def watch_revocations(hub: Hub, every: float = REVOKE_CHECK_SECONDS) -> No
         await asyncio.sleep(every)
         try:
             cut = hub.cut_revoked()
-        except sqlite3.Error as error:
-            log.warning("cannot read accounts.db for revoked tokens: %s", error)
+        except hub.registry.unavailable as error:
+            log.warning("cannot read the accounts registry for revoked tokens: %s", error)
             continue
         if cut:
             log.info("closed %d connection(s) of revoked identities", cut)

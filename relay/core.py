@@ -19,7 +19,7 @@ from typing import Any, ClassVar, TypeGuard, TypeVar
 
 from coolname import generate_slug
 
-from relay.accounts import Account, Registry, new_account, password_problem
+from relay.accounts import Account, Registry, SQLiteRegistry, new_account, password_problem
 from relay.metrics import Metrics
 from relay.names import key, name_problem
 from relay.ratelimit import TokenBucket
@@ -188,7 +188,7 @@ class Hub:
         self.limits = limits or Limits()
         self.clock = clock
         self.name_grace = name_grace
-        self.registry = registry or Registry(None)
+        self.registry = registry or SQLiteRegistry(None)
         self.token_ttl = token_ttl
         # Runs slow work (password hashing) and hands its result back on the hub's thread;
         # the WebSocket layer replaces it with a worker thread.
