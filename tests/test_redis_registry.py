@@ -23,7 +23,7 @@ from relay.accounts import Account, NameTaken, Registry, SQLiteRegistry
 from relay.cli import REDIS_MISSING
 from relay.redis_registry import RedisRegistry, shared_secret
 from tests.redisproc import RedisProcess
-from tests.relayproc import JsonClient, RelayProcess, closed
+from tests.relayproc import JsonClient, RelayProcess, closed, eventually
 from tests.test_accounts import PASSWORD, login, registered
 from tests.test_private_rooms import listed, named, refused
 
@@ -246,3 +246,21 @@ def test_redis_without_redis_py_says_what_to_install(tmp_path, command) -> None:
         timeout=30,
     )
     assert (result.returncode, result.stderr) == (1, REDIS_MISSING + "\n")
+
+
+async def test_revocations_still_cut_after_redis_was_away(relay_factory, tmp_path) -> None:
+    server = RedisProcess(tmp_path / "redis", appendonly=True)
+    try:
+        node = _node(relay_factory, server, tmp_path / "a")
+        wendy = await registered(node, "lobby", "wendy")
+        server.stop()
+
+        async def warned() -> bool | None:
+            return "cannot read the accounts registry" in node.stderr_text() or None
+
+        await eventually(warned, timeout=10)
+        server.start()
+        await _revoke("wendy", server, tmp_path / "cli")
+        assert await closed(wendy.ws, timeout=10) == REVOKED
+    finally:
+        server.stop()
