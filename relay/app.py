@@ -37,6 +37,9 @@ _COUNT_DIGITS = 18
 RETRY_AFTER = "2"
 # How often the relay looks for tokens revoked by `chat-relay tokens revoke` (another process).
 REVOKE_CHECK_SECONDS = 2.0
+# Why a connection is closed (1011, which clients retry) or a request answered 503 while the
+# accounts registry (Redis, with --redis) cannot be read: no fault of the client's.
+REGISTRY_DOWN = "accounts unavailable: try again shortly"
 
 
 class ChatEndpoint:
@@ -60,7 +63,12 @@ class ChatEndpoint:
         except ValueError as bad:
             await websocket.close(p.CLOSE_POLICY, str(bad))
             return
-        problem = p.room_error(room) or self.hub.refusal(params["token"], room)
+        try:
+            problem = p.room_error(room) or self.hub.refusal(params["token"], room)
+        except self.hub.registry.unavailable as error:
+            log.warning("cannot read the accounts registry: %s", error)
+            await websocket.close(p.CLOSE_INTERNAL_ERROR, REGISTRY_DOWN)
+            return
         if problem is not None:
             await websocket.close(p.CLOSE_POLICY, problem)
             return
@@ -85,6 +93,9 @@ class ChatEndpoint:
                     self.hub.receive_binary(connection)
                 else:
                     self.hub.receive(connection, text)
+        except self.hub.registry.unavailable as error:
+            log.warning("cannot read the accounts registry: %s", error)
+            connection.close(p.CLOSE_INTERNAL_ERROR, REGISTRY_DOWN, flush=True)
         finally:
             self.hub.leave(connection)
             await connection.finish()
@@ -176,7 +187,14 @@ def create_app(hub: Hub, key: str | None = None) -> Router:
         body += render_store(*hub.store.counters(), hub.store.problem() is None)
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
 
+    async def registry_down(request: Request, error: Exception) -> Response:
+        log.warning("cannot read the accounts registry: %s", error)
+        response = _error(503, p.UNAVAILABLE, REGISTRY_DOWN)
+        response.headers["Retry-After"] = RETRY_AFTER
+        return response
+
     api = Starlette(
+        exception_handlers={kind: registry_down for kind in hub.registry.unavailable},
         routes=[
             Route("/healthz", healthz),
             Route("/rooms", rooms),
@@ -185,7 +203,7 @@ def create_app(hub: Hub, key: str | None = None) -> Router:
             *account_routes(hub),
             Route("/announce", announce.endpoint(hub, key), methods=["POST"]),
             Mount("/", WebClient()),
-        ]
+        ],
     )
     # The chat endpoint sits on a bare router, outside Starlette's exception middleware, so
     # the `send` it gets is the server's own (see relay/direct.py); HTTP keeps the middleware.

@@ -248,7 +248,8 @@ def test_redis_without_redis_py_says_what_to_install(tmp_path, command) -> None:
     assert (result.returncode, result.stderr) == (1, REDIS_MISSING + "\n")
 
 
-async def test_revocations_still_cut_after_redis_was_away(relay_factory, tmp_path) -> None:
+async def test_while_redis_is_away(relay_factory, tmp_path) -> None:
+    """Refused for now (1011 and 503, which clients retry), no traceback; revocations resume."""
     server = RedisProcess(tmp_path / "redis", appendonly=True)
     try:
         node = _node(relay_factory, server, tmp_path / "a")
@@ -259,7 +260,21 @@ async def test_revocations_still_cut_after_redis_was_away(relay_factory, tmp_pat
             return "cannot read the accounts registry" in node.stderr_text() or None
 
         await eventually(warned, timeout=10)
+        down = (1011, "accounts unavailable: try again shortly")
+        assert await refused(node, "lobby", wendy.welcome["token"]) == down
+        async with httpx.AsyncClient(base_url=node.http) as http:
+            for answer in (
+                await http.post("/login", json={"name": "wendy", "password": PASSWORD}),
+                await http.get("/rooms"),
+            ):
+                assert (answer.status_code, answer.json()["error"]) == (503, "unavailable")
+                assert answer.headers["retry-after"]
+        await wendy.send(type="nick", name="walter")
+        assert await closed(wendy.ws) == down
+        assert "Traceback" not in node.stderr_text()
         server.start()
+        wendy = await JsonClient.connect(node.url("lobby", f"token={wendy.welcome['token']}"))
+        assert wendy.welcome["you"] == "wendy"
         await _revoke("wendy", server, tmp_path / "cli")
         assert await closed(wendy.ws, timeout=10) == REVOKED
     finally:
