@@ -20,7 +20,11 @@ Keys (all under `chat:`):
 
 from __future__ import annotations
 
+import functools
 import secrets
+import time
+from collections.abc import Callable
+from typing import Concatenate, ParamSpec, TypeVar
 
 import redis
 
@@ -32,6 +36,9 @@ VERSION = PREFIX + "registry:version"
 PRIVATE = PREFIX + "private"
 SECRET = PREFIX + "secret"
 TIMEOUT = 1.0
+# After Redis timed out or refused, how long lookups fail at once instead of each blocking
+# the hub for up to TIMEOUT: while Redis hangs, the hub stalls at most once per HOLD.
+HOLD = 2.0
 
 # Name and identity claimed in one step, so two nodes registering one name at once cannot
 # both win (the hub checks first, but on another node the check and the write are apart).
@@ -68,6 +75,31 @@ def shared_secret(url: str) -> bytes:
     return secret.encode()
 
 
+class RedisDown(redis.ConnectionError):
+    """Redis failed a moment ago: not asked again until HOLD has passed."""
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _guarded(
+    method: Callable[Concatenate[RedisRegistry, P], R],
+) -> Callable[Concatenate[RedisRegistry, P], R]:
+    @functools.wraps(method)
+    def call(self: RedisRegistry, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        if time.monotonic() < self._down_until:
+            raise RedisDown(self._down_reason)
+        try:
+            return method(self, *args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            self._down_until = time.monotonic() + HOLD
+            self._down_reason = f"{error} (not asked again for {HOLD:g} s)"
+            raise
+
+    return call
+
+
 def _text(value: bytes | str) -> str:
     """A reply as text: redis-py's types allow bytes, which this client (decode_responses)
     never returns."""
@@ -97,18 +129,22 @@ class RedisRegistry(Registry):
 
     def __init__(self, url: str) -> None:
         self.redis = connect(url)
+        self._down_until = 0.0
+        self._down_reason = ""
         self._add = self.redis.register_script(_ADD)
         self._seen = self._version()
 
     def _version(self) -> int:
         return int(self.redis.get(VERSION) or 0)
 
+    @_guarded
     def changed_elsewhere(self) -> bool:
         """Whether anyone else revoked tokens since last asked: one GET while nobody does."""
         version = self._version()
         changed, self._seen = version != self._seen, version
         return changed
 
+    @_guarded
     def account(self, subject: str) -> Account | None:
         fields = self.redis.hgetall(_account_key(subject))
         if not fields:
@@ -116,19 +152,23 @@ class RedisRegistry(Registry):
         name, salt, digest = (_text(fields[field]) for field in ("name", "salt", "hash"))
         return Account(subject, name, bytes.fromhex(salt), bytes.fromhex(digest))
 
+    @_guarded
     def account_named(self, name: str) -> Account | None:
         subject = self.redis.get(_name_key(name))
         return None if not isinstance(subject, str) else self.account(subject)
 
+    @_guarded
     def add(self, account: Account) -> None:
         keys = [_account_key(account.subject), _name_key(account.name)]
         values = [account.subject, account.name, account.salt.hex(), account.hash.hex()]
         if not self._add(keys=keys, args=values):
             raise NameTaken(account.name)
 
+    @_guarded
     def generation(self, subject: str) -> int:
         return int(self.redis.get(_generation_key(subject)) or 0)
 
+    @_guarded
     def revoke(self, subject: str) -> int:
         pipe = self.redis.pipeline()
         pipe.incr(_generation_key(subject))
@@ -139,9 +179,11 @@ class RedisRegistry(Registry):
             self._seen = version
         return int(generation)
 
+    @_guarded
     def is_private(self, room: str) -> bool:
         return bool(self.redis.sismember(PRIVATE, room))
 
+    @_guarded
     def set_private(self, room: str, private: bool, members: set[str]) -> None:
         pipe = self.redis.pipeline()
         pipe.delete(_members_key(room))
@@ -153,15 +195,19 @@ class RedisRegistry(Registry):
             pipe.srem(PRIVATE, room)
         pipe.execute()
 
+    @_guarded
     def is_member(self, room: str, subject: str) -> bool:
         return bool(self.redis.sismember(_members_key(room), subject))
 
+    @_guarded
     def add_member(self, room: str, subject: str) -> None:
         self.redis.sadd(_members_key(room), subject)
 
+    @_guarded
     def remove_member(self, room: str, subject: str) -> None:
         self.redis.srem(_members_key(room), subject)
 
+    @_guarded
     def readable(self, rooms: list[str], subject: str | None) -> set[str]:
         listed = set(rooms)
         hidden = {_text(room) for room in self.redis.smembers(PRIVATE)} & listed

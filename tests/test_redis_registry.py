@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
+import websockets
 
 from relay.accounts import Account, NameTaken, Registry, SQLiteRegistry
 from relay.cli import REDIS_MISSING
-from relay.redis_registry import RedisRegistry, shared_secret
+from relay.redis_registry import HOLD, TIMEOUT, RedisDown, RedisRegistry, shared_secret
 from tests.redisproc import RedisProcess
 from tests.relayproc import JsonClient, RelayProcess, closed, eventually
 from tests.test_accounts import PASSWORD, login, registered
@@ -163,6 +166,33 @@ def test_redis_keys_and_the_shared_secret(redis_server: RedisProcess) -> None:
     registry.close()
 
 
+def test_a_hung_redis_stalls_the_hub_once_per_hold(redis_server: RedisProcess) -> None:
+    registry = RedisRegistry(redis_server.url)
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(redis.TimeoutError):
+            registry.generation("s1")
+        assert time.monotonic() - started >= TIMEOUT * 0.9
+        started = time.monotonic()
+        for _ in range(20):
+            with pytest.raises(RedisDown):
+                registry.is_private("club")
+        assert time.monotonic() - started < TIMEOUT / 2
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + HOLD + 5
+    while True:
+        try:
+            assert registry.generation("s1") == 0
+            break
+        except RedisDown:
+            assert time.monotonic() < deadline, "still held after Redis came back"
+            time.sleep(0.05)
+    registry.close()
+
+
 def _node(factory: Callable[..., RelayProcess], server: RedisProcess, state: Path) -> RelayProcess:
     # Each node its own state dir: what they share comes from Redis, not from a common disk.
     return factory("--redis", server.url, "--state-dir", str(state), "--rate", "0")
@@ -273,7 +303,16 @@ async def test_while_redis_is_away(relay_factory, tmp_path) -> None:
         assert await closed(wendy.ws) == down
         assert "Traceback" not in node.stderr_text()
         server.start()
-        wendy = await JsonClient.connect(node.url("lobby", f"token={wendy.welcome['token']}"))
+        url = node.url("lobby", f"token={wendy.welcome['token']}")
+
+        async def rejoined() -> JsonClient | None:
+            # As clients do after a 1011: try again until the relay asks Redis again (HOLD).
+            try:
+                return await JsonClient.connect(url)
+            except websockets.ConnectionClosed:
+                return None
+
+        wendy = await eventually(rejoined, timeout=HOLD + 10, interval=0.2)
         assert wendy.welcome["you"] == "wendy"
         await _revoke("wendy", server, tmp_path / "cli")
         assert await closed(wendy.ws, timeout=10) == REVOKED
