@@ -116,7 +116,7 @@ def create_app(hub: Hub, key: str | None = None) -> Router:
     hub.offload = threaded_offload
 
     async def healthz(request: Request) -> Response:
-        problem = hub.store.problem()
+        problem = hub.health_problem()
         health = {"status": "ok", "connections": len(hub.clients), "rooms": len(hub.rooms)}
         if problem is None:
             return JSONResponse(health)
@@ -131,7 +131,7 @@ def create_app(hub: Hub, key: str | None = None) -> Router:
                 "room": room.name,
                 "members": len(room.users),
                 "connections": len(room.clients),
-                "topic": hub.store.topic(room.name),
+                "topic": hub.room_topic(room.name),
                 "owner": hub.owner_name(room.name),
                 "private": hub.registry.is_private(room.name),
             }
@@ -158,8 +158,7 @@ def create_app(hub: Hub, key: str | None = None) -> Router:
             # The same rule as chat.v1 `history`: a page of nothing is a mistake, not a default.
             return _error(400, p.BAD_REQUEST, "limit must be a positive integer")
         limit = min(hub.limits.backlog if limit is None else limit, p.HISTORY_PAGE_MAX)
-        epoch, seq = hub.store.room(room)
-        page = hub.store.before(room, before, limit)
+        epoch, seq, page = hub.history_page(room, before, limit)
         return JSONResponse({"room": room, "epoch": epoch, "seq": seq, "messages": page})
 
     async def _post(request: Request, room: str) -> Response:
@@ -184,7 +183,7 @@ def create_app(hub: Hub, key: str | None = None) -> Router:
 
     async def metrics(request: Request) -> Response:
         body = hub.metrics.render(len(hub.clients), len(hub.rooms), hub.user_count())
-        body += render_store(*hub.store.counters(), hub.store.problem() is None)
+        body += render_store(*hub.store_counters(), hub.health_problem() is None)
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
 
     async def registry_down(request: Request, error: Exception) -> Response:

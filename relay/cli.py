@@ -26,8 +26,8 @@ from relay.core import NAME_GRACE, Hub, Limits
 from relay.direct import write_path
 from relay.jwt_tokens import jwt_signer
 from relay.names import key
-from relay.sqlite_store import SQLiteStore
 from relay.store import MemoryStore, Store
+from relay.store.sqlite import SQLiteStore
 from relay.tokens import load_secret
 from relay.webclient import how_to_connect
 from shared.xdg import state_home

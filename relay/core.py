@@ -610,13 +610,13 @@ class Hub:
             "type": "message",
             "room": room,
             "id": self._next_id(),
-            "seq": self.store.room(room)[1] + 1,
+            "seq": 0,  # numbered by the store (add), here so the fields keep their order
             "ts": p.now_rfc3339(),
             "from": sender,
             "text": text,
         }
         message.update((key, value) for key, value in extra.items() if value is not None)
-        self.store.append(room, message)
+        self.store.add(room, message)
         self.metrics.messages_in += 1
         return message
 
@@ -1225,6 +1225,30 @@ class Hub:
 
     def user_count(self) -> int:
         return len(self._users)
+
+    # -- what the HTTP layer asks of the store (it never reaches the store itself) --------------
+
+    def health_problem(self) -> str | None:
+        """Why the store cannot keep changes now (the relay is then unhealthy), or None."""
+        return self.store.problem()
+
+    def store_counters(self) -> tuple[int, int]:
+        """(failed write attempts so far, changes waiting to be written) for /metrics."""
+        return self.store.counters()
+
+    def room_topic(self, room: str) -> str | None:
+        return self.store.topic(room)
+
+    def history_page(
+        self, room: str, before: int | None, limit: int
+    ) -> tuple[str, int, list[Event]]:
+        """The room's epoch and latest seq, and up to `limit` messages below `before`."""
+        epoch, seq = self.store.room(room)
+        return epoch, seq, self.store.before(room, before, limit)
+
+    def stored_name(self, subject: str) -> str | None:
+        """The name the store last knew for an identity, online or not."""
+        return self.store.identity_name(subject)
 
 
 def _inline(work: Callable[[], T], done: Callable[[T], None]) -> None:

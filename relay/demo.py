@@ -136,12 +136,12 @@ def seed(store: Store, now: datetime | None = None) -> None:
                 "type": "message",
                 "room": room,
                 "id": f"demo-{number}",
-                "seq": store.room(room)[1] + 1,
+                "seq": 0,  # numbered by the store (add)
                 "ts": _ts(now - timedelta(minutes=minutes_ago)),
                 "from": author,
                 "text": text,
             }
-            store.append(room, message)
+            store.add(room, message)
 
 
 def _pause(text: str, pace: float, rng: random.Random) -> float:

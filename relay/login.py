@@ -80,7 +80,7 @@ def account_routes(hub: Hub) -> list[Route]:
             if refused is not None or claims is None:
                 return _error(401, "bad_token", refused or "not a token of this relay")
             subject = claims.subject
-            name = hub.store.identity_name(subject) or claims.name
+            name = hub.stored_name(subject) or claims.name
         elif isinstance(name, str):
             problem = name_problem(name)
             if problem is not None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from relay.sqlite_store import SQLiteStore
 from relay.store import MemoryStore, Store
+from relay.store.sqlite import SQLiteStore
 from tests.relayproc import JsonClient, RelayProcess
 
 KEPT = [1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 13, 14, 15, 16]

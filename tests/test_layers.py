@@ -6,9 +6,11 @@ so a rule broken by a transitive import fails here instead of being found in rev
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +35,12 @@ RULES = {
 }
 
 
+# The HTTP layer asks the hub, never `hub.store`: a backend shared by several relays (issue 11)
+# may answer differently from what the hub knows, and only the hub can reconcile the two.
+HTTP_LAYER = ("app.py", "login.py", "announce.py")
+RELAY = Path(__file__).resolve().parent.parent / "relay"
+
+
 def imported_roots(module: str) -> set[str]:
     probe = (
         f"import sys, json; import {module}; "
@@ -48,3 +56,14 @@ def imported_roots(module: str) -> set[str]:
 def test_module_keeps_to_its_layer(module: str) -> None:
     forbidden = set(RULES[module]) & imported_roots(module)
     assert not forbidden, f"{module} imports {sorted(forbidden)}"
+
+
+@pytest.mark.parametrize("module", HTTP_LAYER)
+def test_http_layer_asks_the_hub_not_the_store(module: str) -> None:
+    tree = ast.parse((RELAY / module).read_text(), module)
+    reached = [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr == "store"
+    ]
+    assert not reached, f"relay/{module} reaches the store on lines {reached}"

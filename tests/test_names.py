@@ -204,7 +204,7 @@ def test_sqlite_names_from_before_look_alike_keys_are_rekeyed(tmp_path) -> None:
     """A database written when names were keyed by casefold answers by look-alike key."""
     import sqlite3
 
-    from relay.sqlite_store import MIGRATIONS, SQLiteStore
+    from relay.store.sqlite import MIGRATIONS, SQLiteStore
 
     path = tmp_path / "chat.db"
     db = sqlite3.connect(path, isolation_level=None)

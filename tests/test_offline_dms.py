@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from relay.core import HELD_PAGE_CHARS
-from relay.sqlite_store import SQLiteStore
+from relay.store.sqlite import SQLiteStore
 from tests.relayproc import JsonClient, RelayProcess, eventually
 from tests.test_core import Recorder, joined, make_hub, send
 from tests.test_dm import accepted_pair

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.sqlite_store import CACHE_ENTRIES, SQLiteStore
 from relay.store import MemoryStore, Store
+from relay.store.sqlite import CACHE_ENTRIES, SQLiteStore
 
 
 def message(room: str, seq: int, text: str = "") -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from relay.sqlite_store import SQLiteStore
+from relay.store.sqlite import SQLiteStore
 from tests.relayproc import JsonClient, RelayProcess, eventually, metric
 
 

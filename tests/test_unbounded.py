@@ -8,8 +8,8 @@ from contextlib import closing
 from pathlib import Path
 
 from relay.core import Hub, Limits
-from relay.sqlite_store import SQLiteStore
 from relay.store import MemoryStore, Store
+from relay.store.sqlite import SQLiteStore
 from relay.tokens import TokenSigner
 from tests.relayproc import JsonClient, RelayProcess
 from tests.test_core import Recorder

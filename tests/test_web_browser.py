@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from relay.sqlite_store import SQLiteStore
+from relay.store.sqlite import SQLiteStore
 from shared.protocol import name_error, now_rfc3339
 from tests.browser import Page, chromium  # noqa: F401 (the fixture)
 from tests.relayproc import JsonClient, RelayProcess, closed

@@ -1,136 +1,20 @@
-"""Where room history and identities live.
-
-The hub talks to storage only through `Store`, so a durable backend can replace the in-memory
-default without touching fan-out. Calls are synchronous and must not block: a backend that
-writes to disk queues the write and does it off the event loop.
-"""
+"""The in-memory store: the default, kept until the process ends."""
 
 from __future__ import annotations
 
 import secrets
 import time
-from abc import ABC, abstractmethod
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from relay.names import key
+from relay.store.base import Store, seq_key
 from shared.protocol import Event
 
 # MemoryStore's bounds over all rooms together (see its docstring).
 ROOMS_MAX = 10_000
 BUDGET = 200_000
-
-
-class Store(ABC):
-    """Per room: history (messages, epoch, seq), owner, topic, read markers. Per identity: name."""
-
-    @abstractmethod
-    def room(self, room: str) -> tuple[str, int]:
-        """The room's history epoch and latest seq (0 for a room never written to).
-
-        Looking at a room must not create it (anyone can ask over HTTP about any name); the
-        epoch reported for a room not yet written becomes its epoch when it is.
-        """
-
-    @abstractmethod
-    def append(self, room: str, message: Event) -> None:
-        """Keep `message`, whose seq is the room's latest plus one."""
-
-    @abstractmethod
-    def after(self, room: str, seq: int) -> list[Event] | None:
-        """Every kept message with a seq above `seq`; None when some of them are no longer kept."""
-
-    @abstractmethod
-    def before(self, room: str, before: int | None, limit: int) -> list[Event]:
-        """Up to `limit` of the newest kept messages with a seq below `before`, oldest first."""
-
-    @abstractmethod
-    def delete_room(self, room: str) -> None:
-        """Forget the room's history, owner, topic and read markers; its next use starts anew."""
-
-    def release(self, room: str) -> None:
-        """The room's last member left: forget it if it has nothing worth keeping.
-
-        A room with no messages and no topic is only a name; thousands joined once and left
-        must not stay for good. Its next use starts it anew (with a new owner).
-        """
-        return None
-
-    @abstractmethod
-    def owner(self, room: str) -> str | None:
-        """The subject of the identity that owns the room, if any."""
-
-    @abstractmethod
-    def set_owner(self, room: str, subject: str) -> None: ...
-
-    @abstractmethod
-    def topic(self, room: str) -> str | None: ...
-
-    @abstractmethod
-    def set_topic(self, room: str, topic: str) -> None: ...
-
-    @abstractmethod
-    def read_marker(self, room: str, subject: str) -> int:
-        """The seq up to which the identity has read the room (0 when unknown)."""
-
-    @abstractmethod
-    def set_read_marker(self, room: str, subject: str, seq: int) -> None: ...
-
-    @abstractmethod
-    def subject_of(self, name: str) -> str | None:
-        """The identity that holds `name` or a look-alike of it (see `relay.names.key`), if any."""
-
-    @abstractmethod
-    def hold_dm(self, to: str, sender: str, event: Event) -> None:
-        """Keep a DM for identity `to` until it connects or accepts `sender`'s request."""
-
-    @abstractmethod
-    def held_dms(self, to: str) -> list[tuple[str, Event]]:
-        """(sender subject, DM) for every DM kept for `to`, oldest first."""
-
-    @abstractmethod
-    def drop_dms(self, to: str, sender: str) -> None:
-        """Forget the DMs kept for `to` from `sender` (delivered or declined)."""
-
-    @abstractmethod
-    def forget_dms(self, to: str, ids: list[str]) -> None:
-        """Forget the DMs kept for `to` with these ids (written to the recipient's socket)."""
-
-    @abstractmethod
-    def dm_consent(self, a: str, b: str) -> tuple[str, str] | None:
-        """(state, requester) of the pair {a, b}: state is pending, accepted or declined."""
-
-    @abstractmethod
-    def set_dm_consent(self, a: str, b: str, state: str, requester: str) -> None: ...
-
-    def close(self) -> None:
-        """Finish pending writes; the relay calls this once, after its last connection."""
-        return None
-
-    def problem(self) -> str | None:
-        """Why the store cannot keep changes now, or None while it can.
-
-        The relay then refuses what it would have to keep (messages, held DMs, topics) rather
-        than acknowledge what may be lost; what it acknowledged before is kept and retried.
-        """
-        return None
-
-    def counters(self) -> tuple[int, int]:
-        """(failed write attempts so far, changes waiting to be written) for /metrics."""
-        return 0, 0
-
-    @abstractmethod
-    def identity_name(self, subject: str) -> str | None:
-        """The name an identity last had, if the store knows it."""
-
-    @abstractmethod
-    def set_identity_name(self, subject: str, name: str, chosen: bool = False) -> None:
-        """Remember the name an identity has now (`chosen`: it picked it), and that it was seen.
-
-        Identities that never picked a name, own no room, have no DMs waiting and were not
-        seen for `forget_days` are forgotten, so one-off connections do not stay for good.
-        """
 
 
 class _Log:
@@ -206,6 +90,11 @@ class MemoryStore(Store):
     def room(self, room: str) -> tuple[str, int]:
         log = self._peek(room)
         return log.epoch, log.seq
+
+    def add(self, room: str, message: Event) -> Event:
+        message["seq"] = self._peek(room).seq + 1
+        self.append(room, message)
+        return message
 
     def append(self, room: str, message: Event) -> None:
         log = self._log(room)
@@ -330,13 +219,3 @@ class MemoryStore(Store):
 
     def set_dm_consent(self, a: str, b: str, state: str, requester: str) -> None:
         self._consent[frozenset((a, b))] = (state, requester)
-
-
-def seq_key(message: Event) -> int:
-    """Positions in a tail come from seqs by search, never by arithmetic: seqs can have gaps.
-
-    A message the database could not keep, or one lost in a crash, leaves a hole in the seqs
-    that survive; counting back from the latest seq would then land on the wrong message.
-    """
-    seq: int = message["seq"]
-    return seq
