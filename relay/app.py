@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from typing import Any
 
 from starlette.applications import Starlette
@@ -39,6 +38,9 @@ _COUNT_DIGITS = 18
 RETRY_AFTER = "2"
 # How often the relay looks for tokens revoked by `chat-relay tokens revoke` (another process).
 REVOKE_CHECK_SECONDS = 2.0
+# Why a connection is closed (1011, which clients retry) or a request answered 503 while the
+# accounts registry (Redis, with --redis) cannot be read: no fault of the client's.
+REGISTRY_DOWN = "accounts unavailable: try again shortly"
 
 
 class ChatEndpoint:
@@ -62,7 +64,12 @@ class ChatEndpoint:
         except ValueError as bad:
             await websocket.close(p.CLOSE_POLICY, str(bad))
             return
-        problem = p.room_error(room) or self.hub.refusal(params["token"], room)
+        try:
+            problem = p.room_error(room) or self.hub.refusal(params["token"], room)
+        except self.hub.registry.unavailable as error:
+            log.warning("cannot read the accounts registry: %s", error)
+            await websocket.close(p.CLOSE_INTERNAL_ERROR, REGISTRY_DOWN)
+            return
         if problem is not None:
             await websocket.close(p.CLOSE_POLICY, problem)
             return
@@ -95,6 +102,9 @@ class ChatEndpoint:
                     self.hub.receive_binary(connection)
                 else:
                     self.hub.receive(connection, text)
+        except self.hub.registry.unavailable as error:
+            log.warning("cannot read the accounts registry: %s", error)
+            connection.close(p.CLOSE_INTERNAL_ERROR, REGISTRY_DOWN, flush=True)
         finally:
             self.hub.leave(connection)
             await connection.finish()
@@ -196,8 +206,17 @@ def create_app(hub: Hub, key: str | None = None) -> Router:
         response.headers["Retry-After"] = RETRY_AFTER
         return response
 
+    async def registry_down(request: Request, error: Exception) -> Response:
+        log.warning("cannot read the accounts registry: %s", error)
+        response = _error(503, p.UNAVAILABLE, REGISTRY_DOWN)
+        response.headers["Retry-After"] = RETRY_AFTER
+        return response
+
     api = Starlette(
-        exception_handlers={StoreUnavailable: unavailable},
+        exception_handlers={
+            StoreUnavailable: unavailable,
+            **{kind: registry_down for kind in hub.registry.unavailable},
+        },
         routes=[
             Route("/healthz", healthz),
             Route("/rooms", rooms),
@@ -244,8 +263,8 @@ async def watch_revocations(hub: Hub, every: float = REVOKE_CHECK_SECONDS) -> No
         await asyncio.sleep(every)
         try:
             cut = hub.cut_revoked()
-        except sqlite3.Error as error:
-            log.warning("cannot read accounts.db for revoked tokens: %s", error)
+        except hub.registry.unavailable as error:
+            log.warning("cannot read the accounts registry for revoked tokens: %s", error)
             continue
         if cut:
             log.info("closed %d connection(s) of revoked identities", cut)

@@ -20,7 +20,7 @@ from uvicorn.config import WS_PROTOCOLS
 from uvicorn.importer import import_from_string
 
 from relay import access, announce, demo, logs, workers
-from relay.accounts import Registry
+from relay.accounts import Registry, SQLiteRegistry
 from relay.app import create_app, drain, watch_revocations
 from relay.cluster import Backplane
 from relay.core import NAME_GRACE, Hub, Limits
@@ -44,6 +44,7 @@ DRAIN_SECONDS = 5.0
 CUT_SECONDS = 1
 # Descriptors kept for what is not a client socket: listening sockets, the database, logs.
 FD_RESERVE = 64
+REDIS_MISSING = "chat-relay: --redis needs redis-py: pip install 'terminal-chat[redis]'"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
         ("secret", str, None, "token signing secret (default: generated, kept in state dir)"),
         ("state-dir", Path, state_home("chat-relay"), "where the relay keeps its state"),
         ("db", str, None, "SQLite database (default: STATE_DIR/chat.db; :memory: keeps none)"),
+        ("redis", str, None, "one of several relays on this Redis (docs/scaling.md)"),
         ("retain-messages", int, 0, "messages the database keeps per room (0: no cap)"),
         ("retain-days", float, 0.0, "days the database keeps a message (0: no limit)"),
         ("name-grace", float, NAME_GRACE, "seconds a name stays its offline identity's"),
@@ -91,7 +93,6 @@ def _parser() -> argparse.ArgumentParser:
         ("ws-ping-timeout", float, 20.0, "seconds to wait for a pong before closing 1011"),
         ("log-level", str, "info", "critical, error, warning, info or debug"),
         ("ws", str, "websockets-sansio", "uvicorn WebSocket implementation"),
-        ("redis", str, None, "several relays as one: Redis URL (docs/scaling.md)"),
         ("node-ttl", float, 10.0, "seconds a silent node's members stay listed (with --redis)"),
         ("workers", int, 1, "relay processes on this port, one per core (needs --redis)"),
     ]
@@ -109,6 +110,11 @@ def _parser() -> argparse.ArgumentParser:
     state_env = os.environ.get("CHAT_RELAY_STATE_DIR", state_home("chat-relay"))
     revoke.add_argument("--state-dir", type=Path, default=state_env, help="[CHAT_RELAY_STATE_DIR]")
     revoke.add_argument("--db", default=os.environ.get("CHAT_RELAY_DB"), help="[CHAT_RELAY_DB]")
+    revoke.add_argument(
+        "--redis",
+        default=os.environ.get("CHAT_RELAY_REDIS"),
+        help="revoke on every relay of this Redis [CHAT_RELAY_REDIS]",
+    )
     announce.add_parser(commands)
     demo.add_parser(commands)
     return parser
@@ -180,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         address_burst=args.address_burst,
     )
     try:
-        secret = load_secret(args.secret, args.state_dir)
+        secret = _secret(args)
     except OSError as exc:
         raise SystemExit(f"chat-relay: cannot use the state dir {args.state_dir}: {exc}") from None
     signer = jwt_signer(secret, args.jwt_secret, args.jwt_public_key)
@@ -251,9 +257,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    """Bump the identity's token generation in accounts.db; a running relay reads it on login,
-    and closes the identity's open connections within a few seconds (relay/app.py)."""
-    registry = Registry(args.state_dir / "accounts.db")
+    """Bump the identity's token generation in accounts.db (or Redis); a running relay reads it
+    on login, and closes the identity's open connections within a few seconds (relay/app.py)."""
+    registry = _registry(args)
     try:
         account = registry.account_named(args.name)
         subject = account.subject if account is not None else _subject_in_store(args)
@@ -282,7 +288,33 @@ def _subject_in_store(args: argparse.Namespace) -> str | None:
 
 
 def _registry(args: argparse.Namespace) -> Registry:
-    return Registry(None if args.db == ":memory:" else args.state_dir / "accounts.db")
+    """Accounts, generations and invite-only rooms: every node's in Redis with --redis, else
+    this relay's in STATE_DIR/accounts.db. Exits with one line when that cannot be had."""
+    if not args.redis:
+        return SQLiteRegistry(None if args.db == ":memory:" else args.state_dir / "accounts.db")
+    try:
+        from relay.redis_registry import RedisRegistry
+    except ImportError:
+        raise SystemExit(REDIS_MISSING) from None
+    try:
+        return RedisRegistry(args.redis)
+    except (*RedisRegistry.unavailable, ValueError) as exc:
+        raise SystemExit(f"chat-relay: cannot use Redis: {exc}") from None
+
+
+def _secret(args: argparse.Namespace) -> bytes:
+    """The token signing secret: --secret, else the one every node on the Redis shares, else the
+    one kept in the state dir."""
+    if not args.redis or args.secret:
+        return load_secret(args.secret, args.state_dir)
+    try:
+        from relay.redis_registry import RedisRegistry, shared_secret
+    except ImportError:
+        raise SystemExit(REDIS_MISSING) from None
+    try:
+        return shared_secret(args.redis)
+    except (*RedisRegistry.unavailable, ValueError) as exc:
+        raise SystemExit(f"chat-relay: cannot use Redis: {exc}") from None
 
 
 def _capacity(max_connections: int) -> int:

@@ -20,7 +20,14 @@ from typing import Any, ClassVar, TypeGuard, TypeVar
 
 from coolname import generate_slug
 
-from relay.accounts import Account, Registry, new_account, password_problem
+from relay.accounts import (
+    Account,
+    NameTaken,
+    Registry,
+    SQLiteRegistry,
+    new_account,
+    password_problem,
+)
 from relay.cluster import Backplane
 from relay.metrics import Metrics
 from relay.names import key, name_problem
@@ -196,7 +203,7 @@ class Hub:
         self.limits = limits or Limits()
         self.clock = clock
         self.name_grace = name_grace
-        self.registry = registry or Registry(None)
+        self.registry = registry or SQLiteRegistry(None)
         self.token_ttl = token_ttl
         # Runs slow work (password hashing) and hands its result back on the hub's thread;
         # the WebSocket layer replaces it with a worker thread.
@@ -765,9 +772,13 @@ class Hub:
             return f"{name} is already taken (or looks like a name that is)"
         if self.registry.account(subject) is not None:
             return f"{name} is already registered"
+        try:
+            # Atomic in a shared registry: another node may have registered the name meanwhile.
+            self.registry.add(account)
+        except NameTaken:
+            return f"{name} is already taken (or looks like a name that is)"
         if current is None:
             self.store.set_identity_name(subject, name)
-        self.registry.add(account)
         if current is not None:
             event = {"type": "registered", "name": name}
             self._deliver_all(
