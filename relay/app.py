@@ -41,6 +41,7 @@ REVOKE_CHECK_SECONDS = 2.0
 # Why a connection is closed (1011, which clients retry) or a request answered 503 while the
 # accounts registry (Redis, with --redis) cannot be read: no fault of the client's.
 REGISTRY_DOWN = "accounts unavailable: try again shortly"
+STORE_UNREACHABLE = "the relay cannot reach its store: try again later"
 
 
 class ChatEndpoint:
@@ -68,7 +69,7 @@ class ChatEndpoint:
             problem = p.room_error(room) or self.hub.refusal(params["token"], room)
         except self.hub.registry.unavailable as error:
             log.warning("cannot read the accounts registry: %s", error)
-            await websocket.close(p.CLOSE_INTERNAL_ERROR, REGISTRY_DOWN)
+            await websocket.close(p.CLOSE_TRY_AGAIN, REGISTRY_DOWN)
             return
         if problem is not None:
             await websocket.close(p.CLOSE_POLICY, problem)
@@ -87,11 +88,7 @@ class ChatEndpoint:
             try:
                 self.hub.join(connection, room, **params)
             except StoreUnavailable:
-                connection.close(
-                    p.CLOSE_SLOW_CONSUMER,
-                    "the relay cannot reach its store: try again later",
-                    flush=True,
-                )
+                connection.close(p.CLOSE_TRY_AGAIN, STORE_UNREACHABLE, flush=True)
                 return
             while True:
                 message = await receive()
@@ -104,7 +101,7 @@ class ChatEndpoint:
                     self.hub.receive(connection, text)
         except self.hub.registry.unavailable as error:
             log.warning("cannot read the accounts registry: %s", error)
-            connection.close(p.CLOSE_INTERNAL_ERROR, REGISTRY_DOWN, flush=True)
+            connection.close(p.CLOSE_TRY_AGAIN, REGISTRY_DOWN, flush=True)
         finally:
             self.hub.leave(connection)
             await connection.finish()

@@ -279,7 +279,7 @@ def test_redis_without_redis_py_says_what_to_install(tmp_path, command) -> None:
 
 
 async def test_while_redis_is_away(relay_factory, tmp_path) -> None:
-    """Refused for now (1011 and 503, which clients retry), no traceback; revocations resume."""
+    """Refused for now (1013 and 503, which clients retry), no traceback; revocations resume."""
     server = RedisProcess(tmp_path / "redis", appendonly=True)
     try:
         node = _node(relay_factory, server, tmp_path / "a")
@@ -290,7 +290,7 @@ async def test_while_redis_is_away(relay_factory, tmp_path) -> None:
             return "cannot read the accounts registry" in node.stderr_text() or None
 
         await eventually(warned, timeout=10)
-        down = (1011, "accounts unavailable: try again shortly")
+        down = (1013, "accounts unavailable: try again shortly")
         assert await refused(node, "lobby", wendy.welcome["token"]) == down
         async with httpx.AsyncClient(base_url=node.http) as http:
             for answer in (
@@ -306,7 +306,7 @@ async def test_while_redis_is_away(relay_factory, tmp_path) -> None:
         url = node.url("lobby", f"token={wendy.welcome['token']}")
 
         async def rejoined() -> JsonClient | None:
-            # As clients do after a 1011: try again until the relay asks Redis again (HOLD).
+            # As clients do after a 1013: try again until the relay asks Redis again (HOLD).
             try:
                 return await JsonClient.connect(url)
             except websockets.ConnectionClosed:
