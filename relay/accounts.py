@@ -100,6 +100,10 @@ class Registry(ABC):
     # revocation watcher logs these and tries again at its next tick.
     unavailable: tuple[type[Exception], ...] = ()
 
+    def problem(self) -> str | None:
+        """Why the accounts cannot be read right now (a shared registry's server is down)."""
+        return None
+
     @abstractmethod
     def changed_elsewhere(self) -> bool:
         """Whether another process revoked tokens since last asked (see Hub.cut_revoked)."""

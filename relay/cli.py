@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import resource
 import signal
@@ -42,6 +43,7 @@ except ImportError:  # a uvicorn without the protocol classes relay/guard.py ext
 # The whole shutdown, whatever clients do; the last CUT_SECONDS of it follow the hard cut.
 DRAIN_SECONDS = 5.0
 CUT_SECONDS = 1
+BACKPLANE_STOP_SECONDS = 2.0
 # Descriptors kept for what is not a client socket: listening sockets, the database, logs.
 FD_RESERVE = 64
 REDIS_MISSING = "chat-relay: --redis needs redis-py: pip install 'terminal-chat[redis]'"
@@ -150,7 +152,9 @@ class RelayServer(uvicorn.Server):
         for server in self.servers:
             server.close()
         await drain(self.hub, DRAIN_SECONDS - CUT_SECONDS)
-        await self.hub.backplane.stop()
+        # Leaving the other nodes is a courtesy (they sweep a silent node anyway): bounded.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.hub.backplane.stop(), BACKPLANE_STOP_SECONDS)
         # A peer that stopped reading holds its transport open (queued frames, close frame
         # behind them) for as long as it likes: past the drain, cut whatever is left.
         for connection in list(self.server_state.connections):

@@ -1433,7 +1433,9 @@ class Hub:
         if problem is not None:
             return f"store: {problem}"
         problem = self.backplane.problem()
-        return None if problem is None else f"backplane: {problem}"
+        if problem is not None:
+            return f"backplane: {problem}"
+        return self.registry.problem()
 
     def store_healthy(self) -> bool:
         return self.store.problem() is None

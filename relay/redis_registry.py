@@ -134,6 +134,11 @@ class RedisRegistry(Registry):
         self._add = self.redis.register_script(_ADD)
         self._seen = self._version()
 
+    def problem(self) -> str | None:
+        if time.monotonic() < self._down_until:
+            return f"accounts: {self._down_reason}"
+        return None
+
     def _version(self) -> int:
         return int(self.redis.get(VERSION) or 0)
 

@@ -155,7 +155,10 @@ async def test_redis_stop_refuses_then_resumes_without_loss(
             redis.start()
 
             async def healthy() -> bool | None:
-                return (await http.get("/healthz")).status_code == 200 or None
+                for node in (a, b):
+                    if (await http.get(f"{node.http}/healthz")).status_code != 200:
+                        return None
+                return True
 
             await eventually(healthy, timeout=15)
             assert metric((await http.get("/metrics")).text, "chat_backplane_healthy") == 1
