@@ -211,3 +211,28 @@ async def test_workers_share_one_port_as_one_relay(
         got = [await client.expect("message") for _ in clients]
         assert [m["seq"] for m in got] == list(range(1, len(clients) + 1))
     assert relay.stop() == 0
+
+
+async def test_owner_actions_reach_members_on_other_nodes(
+    redis_server: RedisProcess, relay_factory: Callable[..., RelayProcess]
+) -> None:
+    a, b = nodes(relay_factory, redis_server, 2)
+    owner = await JsonClient.connect(a.url("r"))
+    assert owner.welcome["owner"] == owner.welcome["you"]
+    guest = await JsonClient.connect(b.url("r"))
+    assert guest.welcome["owner"] == owner.welcome["you"], "one owner on every node"
+    await owner.send(type="topic", text="cluster topic")
+    got = await guest.expect("topic")
+    assert (got["topic"], got["by"]) == ("cluster topic", owner.welcome["you"])
+    await owner.send(type="kick", name=guest.welcome["you"])
+    kicked = await guest.expect("kick")
+    assert kicked["name"] == guest.welcome["you"]
+    code, _ = await closed(guest.ws)
+    assert code == 4001
+    await owner.expect("leave", name=guest.welcome["you"])
+    other = await JsonClient.connect(b.url("r"))
+    await owner.send(type="close")
+    code, reason = await closed(other.ws)
+    assert code == 4002 and owner.welcome["you"] in reason
+    fresh = await JsonClient.connect(b.url("r"))
+    assert fresh.welcome["seq"] == 0 and fresh.welcome["topic"] is None
