@@ -21,6 +21,10 @@ RULES = {
     # The relay's core: rooms, members, fan-out, identities. No event loop, server or database
     # client (redis-py is an optional extra: a plain install has none).
     "relay.core": (*FRAMEWORKS, "redis"),
+    "relay.model": (*FRAMEWORKS, "redis"),
+    "relay.identities": (*FRAMEWORKS, "redis"),
+    "relay.dms": (*FRAMEWORKS, "redis"),
+    "relay.owners": (*FRAMEWORKS, "redis"),
     "relay.cluster": (*FRAMEWORKS, "redis"),
     # redis-py is an optional extra: only relay/redis_*.py and relay/store/redis.py import it.
     "relay.cli": ("redis",),
