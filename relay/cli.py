@@ -164,9 +164,6 @@ class RelayServer(uvicorn.Server):
         for server in self.servers:
             server.close()
         await drain(self.hub, DRAIN_SECONDS - CUT_SECONDS)
-        # Leaving the other nodes is a courtesy (they sweep a silent node anyway): bounded.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.hub.backplane.stop(), BACKPLANE_STOP_SECONDS)
         # A peer that stopped reading holds its transport open (queued frames, close frame
         # behind them) for as long as it likes: past the drain, cut whatever is left.
         for connection in list(self.server_state.connections):
@@ -175,6 +172,10 @@ class RelayServer(uvicorn.Server):
                 transport.abort()
         self.config.timeout_graceful_shutdown = max(1, int(deadline - loop.time()))
         await super().shutdown(sockets)
+        # Once every connection has left its rooms: leaving the other nodes is a courtesy
+        # (they sweep a silent node anyway), so it is bounded.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.hub.backplane.stop(), BACKPLANE_STOP_SECONDS)
 
 
 def _stuck() -> None:
