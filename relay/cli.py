@@ -371,7 +371,7 @@ def _cluster(args: argparse.Namespace, history: int) -> tuple[Store, Backplane]:
         needs = "chat-relay: --redis needs redis-py: pip install 'terminal-chat[redis]'"
         raise SystemExit(needs) from None
     try:
-        store = RedisStore(args.redis, history)
+        store = RedisStore(args.redis, history, forget_days=args.forget_identities_days)
     except (StoreUnavailable, ValueError) as exc:
         raise SystemExit(f"chat-relay: cannot use Redis at {args.redis}: {exc}") from None
     return store, RedisBackplane(args.redis, store, ttl=args.node_ttl)

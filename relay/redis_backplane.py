@@ -29,6 +29,7 @@ import redis
 import redis.asyncio
 
 from relay.cluster import Backplane
+from relay.store import StoreUnavailable
 from relay.store.redis import MESSAGE_HEAD, TIMEOUT, RedisStore, room_channel
 from shared.protocol import Event, now_rfc3339
 
@@ -43,6 +44,8 @@ NODES = "chat:nodes"
 HEARTBEAT_TTL = 10.0
 RETRY_FIRST = 0.1
 RETRY_LAST = 5.0
+# How often a node forgets a batch of idle identities (RedisStore.forget_idle).
+FORGET_SECONDS = 60.0
 
 # KEYS: the room's presence, this node's presence, the live rooms; ARGV: name, "room\\nname",
 # room. Returns 1 when the name was on no node before (JOIN) or is on none now (LEAVE).
@@ -383,6 +386,7 @@ class RedisBackplane(Backplane):
             self._url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT, decode_responses=True
         )
         sweep = client.register_script(_SWEEP)
+        forget_at = 0.0
         try:
             while True:
                 try:
@@ -397,6 +401,10 @@ class RedisBackplane(Backplane):
                             self._announce_gone(gone)
                     if self._store.problem() is not None:
                         await asyncio.to_thread(self._store.probe)
+                    elif asyncio.get_running_loop().time() >= forget_at:
+                        forget_at = asyncio.get_running_loop().time() + FORGET_SECONDS
+                        with contextlib.suppress(StoreUnavailable):
+                            await asyncio.to_thread(self._store.forget_idle)
                     if self._listening and self._store.problem() is None:
                         # A command failed while the subscription held: nothing was missed.
                         self._problem = None
