@@ -136,18 +136,19 @@ def create_app(hub: Hub, key: str | None = None) -> Router:
 
     async def rooms(request: Request) -> Response:
         # Invite-only rooms are listed to their members only (identity token as for /chat).
-        visible = hub.registry.readable(list(hub.rooms), hub.subject_for(_token(request)))
+        counts = hub.room_members()
+        visible = hub.registry.readable(list(counts), hub.subject_for(_token(request)))
         listing = [
             {
-                "room": room.name,
-                "members": len(room.users),
-                "connections": len(room.clients),
-                "topic": hub.room_topic(room.name),
-                "owner": hub.owner_name(room.name),
-                "private": hub.registry.is_private(room.name),
+                "room": room,
+                "members": members,
+                "connections": connections,
+                "topic": hub.room_topic(room),
+                "owner": hub.owner_name(room),
+                "private": hub.registry.is_private(room),
             }
-            for room in sorted(hub.rooms.values(), key=lambda room: room.name)
-            if room.name in visible
+            for room, (members, connections) in sorted(counts.items())
+            if room in visible
         ]
         return JSONResponse({"rooms": listing})
 

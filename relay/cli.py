@@ -44,6 +44,8 @@ except ImportError:  # a uvicorn without the protocol classes relay/guard.py ext
 DRAIN_SECONDS = 5.0
 CUT_SECONDS = 1
 BACKPLANE_STOP_SECONDS = 2.0
+# Past the drain, how long the rest of a shutdown may take before the process just exits.
+STUCK_SECONDS = 5.0
 # Descriptors kept for what is not a client socket: listening sockets, the database, logs.
 FD_RESERVE = 64
 REDIS_MISSING = "chat-relay: --redis needs redis-py: pip install 'terminal-chat[redis]'"
@@ -147,14 +149,21 @@ class RelayServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_SECONDS
+        # A stop that hangs is a bug, but the operator's SIGTERM must still end the process:
+        # say what was stuck, then go.
+        watchdog = loop.call_later(DRAIN_SECONDS + STUCK_SECONDS, _stuck)
+        try:
+            await self._shutdown(sockets, deadline)
+        finally:
+            watchdog.cancel()
+
+    async def _shutdown(self, sockets: list[socket.socket] | None, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
         if self.revocations is not None:
             self.revocations.cancel()
         for server in self.servers:
             server.close()
         await drain(self.hub, DRAIN_SECONDS - CUT_SECONDS)
-        # Leaving the other nodes is a courtesy (they sweep a silent node anyway): bounded.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.hub.backplane.stop(), BACKPLANE_STOP_SECONDS)
         # A peer that stopped reading holds its transport open (queued frames, close frame
         # behind them) for as long as it likes: past the drain, cut whatever is left.
         for connection in list(self.server_state.connections):
@@ -163,6 +172,18 @@ class RelayServer(uvicorn.Server):
                 transport.abort()
         self.config.timeout_graceful_shutdown = max(1, int(deadline - loop.time()))
         await super().shutdown(sockets)
+        # Once every connection has left its rooms: leaving the other nodes is a courtesy
+        # (they sweep a silent node anyway), so it is bounded.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.hub.backplane.stop(), BACKPLANE_STOP_SECONDS)
+
+
+def _stuck() -> None:
+    print("chat-relay: shutdown is stuck; exiting. Tasks still running:", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=8, file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -350,7 +371,7 @@ def _cluster(args: argparse.Namespace, history: int) -> tuple[Store, Backplane]:
         needs = "chat-relay: --redis needs redis-py: pip install 'terminal-chat[redis]'"
         raise SystemExit(needs) from None
     try:
-        store = RedisStore(args.redis, history)
+        store = RedisStore(args.redis, history, forget_days=args.forget_identities_days)
     except (StoreUnavailable, ValueError) as exc:
         raise SystemExit(f"chat-relay: cannot use Redis at {args.redis}: {exc}") from None
     return store, RedisBackplane(args.redis, store, ttl=args.node_ttl)

@@ -67,6 +67,10 @@ class Backplane:
         """Every name in `room` on any node, or None when this node's own are all there are."""
         return None
 
+    def rooms(self) -> dict[str, int] | None:
+        """Every room with members on any node, and how many names, or None: this node's only."""
+        return None
+
     def problem(self) -> str | None:
         """Why other nodes cannot be reached now, or None."""
         return None

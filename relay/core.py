@@ -867,6 +867,14 @@ class Hub:
         epoch, seq = self.store.room(room)
         return epoch, seq, self.store.before(room, before, limit)
 
+    def room_members(self) -> dict[str, tuple[int, int]]:
+        """(members, connections here) of every room with members, on any node."""
+        here = {room.name: (len(room.users), len(room.clients)) for room in self.rooms.values()}
+        everywhere = self.backplane.rooms()
+        if everywhere is None:
+            return here
+        return {room: (count, here.get(room, (0, 0))[1]) for room, count in everywhere.items()}
+
     def stored_name(self, subject: str) -> str | None:
         """The name the store last knew for an identity, online or not."""
         return self.store.identity_name(subject)

@@ -29,6 +29,7 @@ import redis
 import redis.asyncio
 
 from relay.cluster import Backplane
+from relay.store import StoreUnavailable
 from relay.store.redis import MESSAGE_HEAD, TIMEOUT, RedisStore, room_channel
 from shared.protocol import Event, now_rfc3339
 
@@ -38,19 +39,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("relay.cluster")
 
 ALL = "chat:all"
+LIVE = "chat:live"
 NODES = "chat:nodes"
 HEARTBEAT_TTL = 10.0
 RETRY_FIRST = 0.1
 RETRY_LAST = 5.0
+# How often a node forgets a batch of idle identities (RedisStore.forget_idle).
+FORGET_SECONDS = 60.0
 
+# KEYS: the room's presence, this node's presence, the live rooms; ARGV: name, "room\\nname",
+# room. Returns 1 when the name was on no node before (JOIN) or is on none now (LEAVE).
 _JOIN = """
 if redis.call('HSETNX', KEYS[2], ARGV[2], 1) == 0 then return 0 end
+redis.call('SADD', KEYS[3], ARGV[3])
 return redis.call('HINCRBY', KEYS[1], ARGV[1], 1) == 1 and 1 or 0
 """
 _LEAVE = """
 if redis.call('HDEL', KEYS[2], ARGV[2]) == 0 then return 0 end
 if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) > 0 then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('HLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[3]) end
 return 1
 """
 # KEYS: the identity's nodes; ARGV: this node, the payload. Returns how many nodes heard it.
@@ -78,6 +86,9 @@ for _, field in ipairs(redis.call('HKEYS', KEYS[3])) do
   if redis.call('HINCRBY', present, name, -1) <= 0 then
     redis.call('HDEL', present, name)
     table.insert(gone, field)
+    if redis.call('HLEN', present) == 0 then
+      redis.call('SREM', 'chat:live', string.sub(field, 1, cut - 1))
+    end
   end
 end
 redis.call('DEL', KEYS[3])
@@ -212,7 +223,7 @@ class RedisBackplane(Backplane):
 
     def joined(self, room: str, name: str) -> bool:
         try:
-            keys, args = [_present(room), self._mine], [name, f"{room}\n{name}"]
+            keys, args = [_present(room), self._mine, LIVE], [name, f"{room}\n{name}", room]
             return bool(self._join(keys=keys, args=args))
         except redis.RedisError as exc:
             self._fail(exc)
@@ -220,7 +231,7 @@ class RedisBackplane(Backplane):
 
     def left(self, room: str, name: str) -> bool:
         try:
-            keys, args = [_present(room), self._mine], [name, f"{room}\n{name}"]
+            keys, args = [_present(room), self._mine, LIVE], [name, f"{room}\n{name}", room]
             return bool(self._leave(keys=keys, args=args))
         except redis.RedisError as exc:
             self._fail(exc)
@@ -229,6 +240,17 @@ class RedisBackplane(Backplane):
     def members(self, room: str) -> list[str] | None:
         try:
             return [str(name) for name in self._sync.hkeys(_present(room))]
+        except redis.RedisError as exc:
+            self._fail(exc)
+            return None
+
+    def rooms(self) -> dict[str, int] | None:
+        try:
+            live = sorted(str(room) for room in self._sync.smembers(LIVE))
+            pipe = self._sync.pipeline(transaction=False)
+            for room in live:
+                pipe.hlen(_present(room))
+            return {room: int(count) for room, count in zip(live, pipe.execute(), strict=True)}
         except redis.RedisError as exc:
             self._fail(exc)
             return None
@@ -364,6 +386,7 @@ class RedisBackplane(Backplane):
             self._url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT, decode_responses=True
         )
         sweep = client.register_script(_SWEEP)
+        forget_at = 0.0
         try:
             while True:
                 try:
@@ -378,6 +401,10 @@ class RedisBackplane(Backplane):
                             self._announce_gone(gone)
                     if self._store.problem() is not None:
                         await asyncio.to_thread(self._store.probe)
+                    elif asyncio.get_running_loop().time() >= forget_at:
+                        forget_at = asyncio.get_running_loop().time() + FORGET_SECONDS
+                        with contextlib.suppress(StoreUnavailable):
+                            await asyncio.to_thread(self._store.forget_idle)
                     if self._listening and self._store.problem() is None:
                         # A command failed while the subscription held: nothing was missed.
                         self._problem = None

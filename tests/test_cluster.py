@@ -75,6 +75,10 @@ async def test_presence_names_and_history_cover_every_node(
     await bob.send(type="who")
     members = await bob.expect("members")
     assert set(members["members"]) == {"alice", bob.welcome["you"]}
+    async with httpx.AsyncClient() as http:
+        for node in (a, b):
+            listing = (await http.get(f"{node.http}/rooms")).json()["rooms"]
+            assert [(r["room"], r["members"], r["connections"]) for r in listing] == [("r", 2, 1)]
     await bob.close()
     left = await alice.expect("leave")
     assert left["name"] == bob.welcome["you"]

@@ -90,6 +90,26 @@ redis.call('HSET', KEYS[1], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 if ARGV[5] == '1' then redis.call('SADD', KEYS[4], ARGV[1]) end
 """
+# KEYS: seen, chosen, owners, names, idnames; ARGV: cutoff. Forgets up to 500 identities not seen
+# since the cutoff that never chose a name, own no room and have no DMs waiting; the others
+# leave `seen` (kept for good, until seen again). Returns how many were forgotten.
+_FORGET = """
+local forgotten = 0
+for _, subject in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 500)) do
+  redis.call('ZREM', KEYS[1], subject)
+  local chosen = redis.call('SISMEMBER', KEYS[2], subject) == 1
+  local owner = redis.call('SISMEMBER', KEYS[3], subject) == 1
+  if not chosen and not owner and redis.call('EXISTS', 'chat:dms:' .. subject) == 0 then
+    local old_key = cjson.decode(redis.call('HGET', KEYS[5], subject .. '/key') or 'null')
+    if old_key and redis.call('HGET', KEYS[4], old_key) == subject then
+      redis.call('HDEL', KEYS[4], old_key)
+    end
+    redis.call('HDEL', KEYS[5], subject, subject .. '/key')
+    forgotten = forgotten + 1
+  end
+end
+return forgotten
+"""
 # KEYS: the mailbox; ARGV: 'sender' or 'ids', then the sender or the ids. Keeps the others.
 _FILTER_DMS = """
 local kept = {}
@@ -123,6 +143,7 @@ class RedisStore(Store):
         self,
         url: str,
         history_limit: int = 1000,
+        forget_days: float = 30.0,
         clock: Callable[[], float] = time.time,
         client: redis.Redis | None = None,
     ) -> None:
@@ -130,6 +151,7 @@ class RedisStore(Store):
             url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT, decode_responses=True
         )
         self._limit = max(1, history_limit)
+        self._forget_seconds = forget_days * 86400.0
         self._clock = clock
         self._problem: str | None = None
         self.failures = 0
@@ -138,6 +160,7 @@ class RedisStore(Store):
         self._append = self._redis.register_script(_APPEND)
         self._set_name = self._redis.register_script(_SET_NAME)
         self._filter_dms = self._redis.register_script(_FILTER_DMS)
+        self._forget = self._redis.register_script(_FORGET)
         self._salt = self._call(self._load_salt)
 
     def _load_salt(self) -> str:
@@ -272,7 +295,14 @@ class RedisStore(Store):
         return _str(self._call(lambda: self._redis.hget(self._meta(room), "owner")))
 
     def set_owner(self, room: str, subject: str) -> None:
-        self._call(lambda: self._redis.hset(self._meta(room), "owner", subject))
+        def work() -> None:
+            pipe = self._redis.pipeline()
+            pipe.hset(self._meta(room), "owner", subject)
+            # Who ever owned a room is never forgotten as idle (see forget_idle).
+            pipe.sadd("chat:owners", subject)
+            pipe.execute()
+
+        self._call(work)
 
     def topic(self, room: str) -> str | None:
         return _str(self._call(lambda: self._redis.hget(self._meta(room), "topic")))
@@ -308,6 +338,18 @@ class RedisStore(Store):
 
     def subject_of(self, name: str) -> str | None:
         return _str(self._call(lambda: self._redis.hget("chat:names", key(name))))
+
+    def forget_idle(self) -> int:
+        """Forget a batch of idle anonymous identities (as SQLite does); how many went.
+
+        Every one-off connection leaves an identity: without this they would fill Redis.
+        The node's heartbeat calls it now and then; any node may, the script is atomic.
+        """
+        if not self._forget_seconds:
+            return 0
+        keys = ["chat:seen", "chat:chosen", "chat:owners", "chat:names", "chat:idnames"]
+        cutoff = self._clock() - self._forget_seconds
+        return int(self._call(lambda: self._forget(keys=keys, args=[cutoff])))
 
     # -- DMs ------------------------------------------------------------------------------------
 
