@@ -42,6 +42,7 @@ from relay.model import (
 from relay.names import name_problem
 from relay.owners import OwnerActions
 from relay.ratelimit import AddressBuckets
+from relay.remote import RemoteHooks
 from relay.store import Store, StoreUnavailable
 from relay.tokens import TokenSigner
 from shared import protocol as p
@@ -75,7 +76,7 @@ Offload = Callable[[Callable[[], Any], Callable[[Any], None]], None]
 Handler = Callable[[Client, Event], None]
 
 
-class Hub:
+class Hub(RemoteHooks):
     def __init__(
         self,
         store: Store,
@@ -739,102 +740,6 @@ class Hub:
             self.leave(gone)
             gone.close(p.CLOSE_KICKED, reason, flush=True)
 
-    # -- from other nodes (relay.cluster) -------------------------------------------------------
-
-    def remote_message(
-        self, room_name: str, message: Event, plain: str | None, encoded: str
-    ) -> None:
-        """A room message in the shared order: handed on once, in seq order, never twice."""
-        room = self.rooms.get(room_name)
-        if room is None:
-            return
-        seq = message["seq"]
-        if seq <= room.seq:
-            return
-        if seq > room.seq + 1:
-            self._catch_up(room)
-            if seq <= room.seq:
-                return
-        room.seq = seq
-        self._fanout_local(room, Outgoing(message, plain, encoded))
-
-    def _catch_up(self, room: Room) -> None:
-        """Hand on what the shared store has beyond what this node delivered in the room.
-
-        Runs when the subscription missed something: it had not started yet, or it broke.
-        A room whose history began anew (Redis came back empty) is closed here with 1012, so
-        its clients join again and learn the new epoch.
-        """
-        try:
-            epoch, latest = self.store.room(room.name)
-            if latest <= room.seq and epoch == room.epoch:
-                return
-            missed = self.store.after(room.name, room.seq) if epoch == room.epoch else None
-        except StoreUnavailable:
-            return
-        if missed is None:
-            for client in list(room.clients):
-                self.leave(client)
-                client.close(p.CLOSE_RESTART, "the room's history was reset: join again", True)
-            return
-        for message in missed:
-            room.seq = message["seq"]
-            self._fanout_local(room, Outgoing(message, _message_plain(message)))
-
-    def catch_up(self, room_name: str) -> None:
-        room = self.rooms.get(room_name)
-        if room is not None:
-            self._catch_up(room)
-
-    def present_again(self) -> None:
-        """This node's presence was lost (Redis away too long): its members join again.
-
-        Locally they never left; the other nodes swept them and hear them come back.
-        """
-        for user in list(self.identities.users.values()):
-            self.backplane.open_user(user.subject)
-        for room in list(self.rooms.values()):
-            for user in list(room.users):
-                if self.backplane.joined(room.name, user.name):
-                    event = {"type": "join", "room": room.name, "name": user.name}
-                    event["ts"] = p.now_rfc3339()
-                    plain = f"{user.name} :: joined the chat"
-                    self.backplane.publish_room(room.name, event, plain)
-
-    def resync(self) -> None:
-        """The subscriptions are back after a break: deliver what was missed in every room."""
-        for room in list(self.rooms.values()):
-            self._catch_up(room)
-
-    def remote_event(
-        self, room_name: str, event: Event, plain: str | None, to: list[str] | None
-    ) -> None:
-        """A room event from another node: to this node's members, with what it implies here."""
-        room = self.rooms.get(room_name)
-        if room is None:
-            return
-        kind = event.get("type")
-        if to is not None:
-            names = set(to)
-            told = [c for c in room.clients if c.user is not None and c.user.name in names]
-            self.deliver_all(told, Outgoing(event, plain))
-            return
-        self._fanout_local(room, Outgoing(event, plain))
-        if kind in ("kick", "removed"):
-            self.close_member(room, str(event.get("name")), f"{kind} by {event.get('by')}")
-        elif kind == "closed":
-            self.close_room(room, f"room closed by {event.get('by')}")
-
-    def remote_user(self, subject: str, event: Event, plain: str | None) -> None:
-        """An event for an identity, sent on another node (a DM, a request, an answer)."""
-        user = self.identities.users.get(subject)
-        if user is not None:
-            self.deliver_all(user.clients, Outgoing(event, plain))
-
-    def remote_all(self, event: Event) -> None:
-        """An announcement made on another node."""
-        self._announce_here(event)
-
     # -- what the HTTP layer asks of the store (it never reaches the store itself) --------------
 
     def health_problem(self) -> str | None:
@@ -889,11 +794,6 @@ class PostError(Exception):
         super().__init__(detail)
         self.code = code
         self.detail = detail
-
-
-def _message_plain(message: Event) -> str:
-    via = " (via http)" if message.get("via") == "http" else ""
-    return plain(f"{message['from']}{via} :: ", message["text"])
 
 
 def _strip_line_break(text: str) -> str:

@@ -25,6 +25,7 @@ RULES = {
     "relay.identities": (*FRAMEWORKS, "redis"),
     "relay.dms": (*FRAMEWORKS, "redis"),
     "relay.owners": (*FRAMEWORKS, "redis"),
+    "relay.remote": (*FRAMEWORKS, "redis"),
     "relay.cluster": (*FRAMEWORKS, "redis"),
     # redis-py is an optional extra: only relay/redis_*.py and relay/store/redis.py import it.
     "relay.cli": ("redis",),
