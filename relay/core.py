@@ -19,11 +19,12 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeGuard, TypeVar
+from typing import Any, TypeVar
 
 from relay.accounts import Account, Registry, SQLiteRegistry, new_account, password_problem
 from relay.cluster import Backplane
 from relay.dms import DirectMessages
+from relay.frames import PLAIN_HELP, fields_problem, is_int, plain_command, strip_line_break
 from relay.identities import CID_TTL, NAME_GRACE, REVOKED, Identities
 from relay.metrics import Metrics
 from relay.model import (
@@ -64,10 +65,6 @@ __all__ = [
 log = logging.getLogger("relay.core")
 
 CID_MAX = 64
-PLAIN_HELP = (
-    "* commands: /nick NAME, /msg NAME TEXT, /accept NAME, /decline NAME, /who, /topic TEXT,"
-    " /kick NAME, /close, /help; //text posts /text"
-)
 READ_COST = 0.2  # of a message's rate budget
 CID_KEEP = 256
 
@@ -289,7 +286,7 @@ class Hub(RemoteHooks):
         if not client.json:
             if self._admit(client):
                 try:
-                    self._plain_line(client, _strip_line_break(text))
+                    self._plain_line(client, strip_line_break(text))
                 except StoreUnavailable:
                     self._error(client, p.UNAVAILABLE, STORE_DOWN)
             return
@@ -298,7 +295,7 @@ class Hub(RemoteHooks):
         except ValueError:
             request = None
         kind = request.get("type") if isinstance(request, dict) else None
-        problem = _fields_problem(request) if isinstance(request, dict) else None
+        problem = fields_problem(request) if isinstance(request, dict) else None
         # Errors name the request they answer (a refusal for the rate too), so a client can
         # tell which of several it was; a cid that failed the field check is not echoed.
         if isinstance(request, dict) and isinstance(kind, str) and kind in self._handlers:
@@ -310,7 +307,7 @@ class Hub(RemoteHooks):
             # cost what one message does, and a refused one is dropped without an error event
             # (it would look like a refusal of the user's last message); it still counts toward
             # a flood.
-            if kind == "read" and _is_int(request.get("seq")):
+            if kind == "read" and is_int(request.get("seq")):
                 if not self._admit(client, READ_COST, quiet=True):
                     return
             elif not self._admit(client):
@@ -346,21 +343,8 @@ class Hub(RemoteHooks):
         if not text.startswith("/") or text.startswith("//"):
             self._say(client, text[1:] if text.startswith("//") else text, None)
             return
-        name, _, arg = text[1:].partition(" ")
-        arg = arg.strip()
-        head, _, rest = arg.partition(" ")
-        requests: dict[str, Event] = {
-            "nick": {"type": "nick", "name": arg},
-            "msg": {"type": "dm", "to": head, "text": rest.strip()},
-            "accept": {"type": "dm_accept", "from": arg},
-            "decline": {"type": "dm_decline", "from": arg},
-            "who": {"type": "who"},
-            "topic": {"type": "topic", "text": arg},
-            "kick": {"type": "kick", "name": arg},
-            "close": {"type": "close"},
-        }
-        request = requests.get(name.lower())
-        problem = None if request is None else _fields_problem(request)
+        name, request = plain_command(text)
+        problem = None if request is None else fields_problem(request)
         if problem is not None:
             self._error(client, p.BAD_TEXT, problem)
         elif request is not None:
@@ -548,9 +532,9 @@ class Hub(RemoteHooks):
         assert room is not None
         before = request.get("before")
         limit = request.get("limit", p.HISTORY_PAGE_MAX)
-        if before is not None and not _is_int(before):
+        if before is not None and not is_int(before):
             raise BadRequest("'before' must be an integer seq")
-        if not _is_int(limit) or limit < 1:
+        if not is_int(limit) or limit < 1:
             raise BadRequest("'limit' must be a positive integer")
         # Within what any store can hold (SQLite integers are 64-bit); the reply names the request.
         upto = None if before is None else max(0, min(before, self.store.room(room.name)[1] + 1))
@@ -568,7 +552,7 @@ class Hub(RemoteHooks):
         room, user = client.room, client.user
         assert room is not None and user is not None
         seq = request.get("seq")
-        if not _is_int(seq) or seq < 0:
+        if not is_int(seq) or seq < 0:
             raise BadRequest("'seq' must be a non-negative integer")
         seq = min(seq, self.store.room(room.name)[1])
         old = self.store.read_marker(room.name, user.subject)
@@ -794,29 +778,3 @@ class PostError(Exception):
         super().__init__(detail)
         self.code = code
         self.detail = detail
-
-
-def _strip_line_break(text: str) -> str:
-    """A plain frame without the line break that line-oriented clients (websocat) end it with."""
-    if text.endswith("\n"):
-        return text[:-2] if text.endswith("\r\n") else text[:-1]
-    return text
-
-
-def _fields_problem(request: Event) -> str | None:
-    """Why a string field other than `text` cannot be taken, or None.
-
-    Any field may be echoed back (a cid, a name in an error's detail), so all are checked
-    here, once per request. `text` is left to `text_problem`, which every handler that
-    uses it runs anyway.
-    """
-    for field, value in request.items():
-        if field != "text" and isinstance(value, str):
-            problem = p.text_error(value)
-            if problem is not None:
-                return f"{field!r}: {problem}"[:200]
-    return None
-
-
-def _is_int(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
