@@ -21,11 +21,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from relay.accounts import Account, Registry, SQLiteRegistry, new_account, password_problem
+from relay.accounts import Account, Registry, SQLiteRegistry
 from relay.cluster import Backplane
 from relay.dms import DirectMessages
 from relay.frames import PLAIN_HELP, fields_problem, is_int, plain_command, strip_line_break
-from relay.identities import CID_TTL, NAME_GRACE, REVOKED, Identities
+from relay.identities import CID_TTL, NAME_GRACE, REVOKED, AccountRequests, Identities
 from relay.metrics import Metrics
 from relay.model import (
     STORE_DOWN,
@@ -94,13 +94,12 @@ class Hub(RemoteHooks):
         # Runs slow work (password hashing) and hands its result back on the hub's thread;
         # the WebSocket layer replaces it with a worker thread.
         self.offload: Offload = _inline
-        self._registering: set[str] = set()
         self.metrics = Metrics()
         self.rooms: dict[str, Room] = {}
         self.clients: set[Client] = set()
         self._answering: dict[str, str] = {}
         self._ids = itertools.count(1)
-        self.addresses = AddressBuckets(
+        self._addresses = AddressBuckets(
             limits.rate * 10 if limits.address_rate is None else limits.address_rate,
             limits.burst * 10 if limits.address_burst is None else limits.address_burst,
         )
@@ -112,9 +111,10 @@ class Hub(RemoteHooks):
             store, identities, backplane, limits, self.metrics, self.deliver_all, self._next_id
         )
         owners = OwnerActions(store, registry, identities, backplane, limits, self)
+        accounts = AccountRequests(identities, registry, backplane, self)
         self._handlers: dict[str, Handler] = {
             "say": self._on_say,
-            "nick": self._on_nick,
+            "nick": accounts.on_nick,
             "dm": dms.on_dm,
             "dm_accept": dms.on_answer,
             "dm_decline": dms.on_answer,
@@ -124,12 +124,12 @@ class Hub(RemoteHooks):
             "topic": owners.on_topic,
             "kick": owners.on_kick,
             "close": owners.on_close,
-            "register": self._on_register,
+            "register": accounts.on_register,
             "private": owners.on_private,
             "invite": owners.on_invite,
             "remove": owners.on_remove,
             "owner": owners.on_owner,
-            "logout_everywhere": self._on_logout_everywhere,
+            "logout_everywhere": accounts.on_logout_everywhere,
         }
 
     # -- connections --------------------------------------------------------------------------
@@ -366,7 +366,7 @@ class Hub(RemoteHooks):
         """
         assert client.user is not None
         now = self.clock()
-        if client.user.bucket.take(now, cost) and self.addresses.take(client.address, now, cost):
+        if client.user.bucket.take(now, cost) and self._addresses.take(client.address, now, cost):
             client.strikes = 0
             return True
         client.strikes += 1
@@ -435,46 +435,6 @@ class Hub(RemoteHooks):
             self._error(client, *problem)
         return problem is None
 
-    def _on_nick(self, client: Client, request: Event) -> None:
-        user = client.user
-        assert user is not None
-        old, new = user.name, text_field(request, "name")
-        if not self.identities.rename(user, new):
-            return
-        ts = p.now_rfc3339()
-        for room in {c.room for c in list(user.clients) if c.room is not None}:
-            self.backplane.left(room.name, old)
-            self.backplane.joined(room.name, new)
-            event = {"type": "nick", "room": room.name, "old": old, "new": new, "ts": ts}
-            self.fanout(room, Outgoing(event, f"{old} :: is now known as {new}"))
-
-    def _on_register(self, client: Client, request: Event) -> None:
-        user = client.user
-        assert user is not None
-        password = text_field(request, "password")
-        problem = password_problem(password)
-        if problem is not None:
-            self._error(client, p.BAD_PASSWORD, problem)
-            return
-        if self.registry.account(user.subject) is not None or user.subject in self._registering:
-            self._error(client, p.REGISTERED, f"{user.name} is already registered")
-            return
-        subject, name, answering = user.subject, user.name, self._answering
-        # One hash at a time per identity: a client repeating `register` costs one, not many.
-        self._registering.add(subject)
-
-        def done(account: Account) -> None:
-            self._registering.discard(subject)
-            self._answering = answering
-            try:
-                problem = self.add_account(account)
-                if problem is not None and client.room is not None:
-                    self._error(client, p.NAME_TAKEN, problem)
-            finally:
-                self._answering = {}
-
-        self.offload(lambda: new_account(subject, name, password), done)
-
     def add_account(self, account: Account) -> str | None:
         """Keep a freshly hashed account; why not when something changed while hashing."""
         problem = self.identities.add_account(account)
@@ -484,6 +444,27 @@ class Hub(RemoteHooks):
             event = {"type": "registered", "name": account.name, "token": token}
             self.deliver_all(current.clients, Outgoing(event, None))
         return problem
+
+    def answer_later(
+        self, client: Client, work: Callable[[], T], done: Callable[[T], None]
+    ) -> None:
+        """Run `work` off the hub's thread; `done`, given its result, answers the request in hand.
+
+        A `Refused` from `done` becomes the error reply, if the client is still connected.
+        """
+        answering = self._answering
+
+        def finish(result: T) -> None:
+            self._answering = answering
+            try:
+                done(result)
+            except Refused as refused:
+                if client.room is not None:
+                    self._error(client, refused.code, refused.detail)
+            finally:
+                self._answering = {}
+
+        self.offload(work, finish)
 
     def cut_revoked(self) -> int:
         """Close the connections of identities revoked by `chat-relay tokens revoke`; how many.
@@ -502,17 +483,6 @@ class Hub(RemoteHooks):
                 connection.close(p.CLOSE_POLICY, REVOKED, flush=True)
                 cut += 1
         return cut
-
-    def _on_logout_everywhere(self, client: Client, request: Event) -> None:
-        user = client.user
-        assert user is not None
-        if self.registry.account(user.subject) is None:
-            self._error(client, p.NOT_REGISTERED, "register first: you could not log in again")
-            return
-        self.registry.revoke(user.subject)
-        for connection in list(user.clients):
-            self.leave(connection)
-            connection.close(p.CLOSE_POLICY, "logged out everywhere: log in again", flush=True)
 
     def _on_who(self, client: Client, request: Event) -> None:
         room = client.room
@@ -577,7 +547,7 @@ class Hub(RemoteHooks):
 
     def post(self, room_name: str, sender: str, text: str, address: str = "") -> Event:
         """A message posted over HTTP by a script or bot; raises `PostError` when refused."""
-        if not self.addresses.take(address, self.clock()):
+        if not self._addresses.take(address, self.clock()):
             raise PostError(p.RATE_LIMITED, "too many messages from your address; slow down")
         problem = p.room_error(room_name)
         if problem is not None:

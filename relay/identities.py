@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from coolname import generate_slug
 
-from relay.accounts import Account, NameTaken, Registry
+from relay.accounts import Account, NameTaken, Registry, new_account, password_problem
 from relay.cluster import Backplane
-from relay.model import Client, Limits, Refused, User
+from relay.model import Client, Limits, Outgoing, Refused, Room, User, text_field
 from relay.names import key, name_problem
 from relay.ratelimit import TokenBucket
 from relay.store import Store, StoreUnavailable
@@ -28,6 +29,8 @@ CID_TTL = 300.0
 # How long an unregistered identity keeps its name after its last connection closes.
 NAME_GRACE = 30 * 86400.0
 REVOKED = "token revoked: log in again"
+
+T = TypeVar("T")
 
 
 class Identities:
@@ -277,3 +280,78 @@ class Identities:
         if current is None:
             self.store.set_identity_name(subject, name)
         return None
+
+
+class Connections(Protocol):
+    """What an identity's requests ask of the hub: tell rooms, close connections, keep accounts."""
+
+    def fanout(self, room: Room, event: Outgoing) -> None: ...
+
+    def leave(self, client: Client) -> None: ...
+
+    def add_account(self, account: Account) -> str | None: ...
+
+    def answer_later(
+        self, client: Client, work: Callable[[], T], done: Callable[[T], None]
+    ) -> None: ...
+
+
+class AccountRequests:
+    """An identity's requests about itself: another name, an account, logging out everywhere.
+
+    Each raises `Refused` when it cannot be done.
+    """
+
+    def __init__(
+        self, identities: Identities, registry: Registry, backplane: Backplane, hub: Connections
+    ) -> None:
+        self.identities = identities
+        self.registry = registry
+        self.backplane = backplane
+        self.hub = hub
+        # Identities whose password is being hashed now.
+        self._registering: set[str] = set()
+
+    def on_nick(self, client: Client, request: Event) -> None:
+        user = client.user
+        assert user is not None
+        old, new = user.name, text_field(request, "name")
+        if not self.identities.rename(user, new):
+            return
+        ts = p.now_rfc3339()
+        for room in {c.room for c in list(user.clients) if c.room is not None}:
+            self.backplane.left(room.name, old)
+            self.backplane.joined(room.name, new)
+            event = {"type": "nick", "room": room.name, "old": old, "new": new, "ts": ts}
+            self.hub.fanout(room, Outgoing(event, f"{old} :: is now known as {new}"))
+
+    def on_register(self, client: Client, request: Event) -> None:
+        user = client.user
+        assert user is not None
+        password = text_field(request, "password")
+        problem = password_problem(password)
+        if problem is not None:
+            raise Refused(p.BAD_PASSWORD, problem)
+        if self.registry.account(user.subject) is not None or user.subject in self._registering:
+            raise Refused(p.REGISTERED, f"{user.name} is already registered")
+        subject, name = user.subject, user.name
+        # One hash at a time per identity: a client repeating `register` costs one, not many.
+        self._registering.add(subject)
+
+        def done(account: Account) -> None:
+            self._registering.discard(subject)
+            problem = self.hub.add_account(account)
+            if problem is not None:
+                raise Refused(p.NAME_TAKEN, problem)
+
+        self.hub.answer_later(client, lambda: new_account(subject, name, password), done)
+
+    def on_logout_everywhere(self, client: Client, request: Event) -> None:
+        user = client.user
+        assert user is not None
+        if self.registry.account(user.subject) is None:
+            raise Refused(p.NOT_REGISTERED, "register first: you could not log in again")
+        self.registry.revoke(user.subject)
+        for connection in list(user.clients):
+            self.hub.leave(connection)
+            connection.close(p.CLOSE_POLICY, "logged out everywhere: log in again", flush=True)
