@@ -6,9 +6,11 @@ awaiting, which is what makes ordering simple: an event is in every member's que
 next frame is looked at, and a joiner's welcome and replay are queued before it can see any
 live event, so replay and live stream meet without a gap or a duplicate.
 
-Identities and names live in relay.identities, direct messages in relay.dms, a room owner's
-requests in relay.owners; the data they share (Limits, Client, User, Room, Outgoing) in
-relay.model, re-exported here.
+The hub keeps connections, rooms, fan-out and history windows, and dispatches each request.
+Identities, names, tokens and an identity's own requests live in relay.identities; DMs and
+the offline mailbox in relay.dms; a room owner's requests in relay.owners; reading a frame
+in relay.frames; what other nodes send in relay.remote. The data they share (Limits, Client,
+User, Room, Outgoing) is in relay.model, re-exported here.
 """
 
 from __future__ import annotations
@@ -434,6 +436,8 @@ class Hub(RemoteHooks):
         if problem is not None:
             self._error(client, *problem)
         return problem is None
+
+    # -- accounts (AccountRequests and the HTTP login ask these of the hub) ----------------------
 
     def add_account(self, account: Account) -> str | None:
         """Keep a freshly hashed account; why not when something changed while hashing."""

@@ -1,8 +1,8 @@
 """The hub's vocabulary: limits, connections, identities, rooms, and events on their way out.
 
-Plain data with no behaviour of its own beyond what its owner needs, shared by the hub
-(relay.core) and its collaborators (relay.identities, relay.dms, relay.owners), so none of
-them has to import another to name what they pass around.
+Plain data shared by the hub (relay.core) and its collaborators (relay.identities, relay.dms,
+relay.owners, relay.remote), so none of them has to import another to name what they pass
+around; and the refusal they all raise for the hub to answer.
 """
 
 from __future__ import annotations
