@@ -394,19 +394,54 @@ class Hub(RemoteHooks):
         if cid is not None:
             sent = self._recent_cid(user, cid)
             if sent is not None:
-                self._send(client, Outgoing(sent, None))
+                # Not numbered yet (submitted this moment): its echo is already on its way.
+                if sent["seq"]:
+                    self._send(client, Outgoing(sent, None))
                 return
         if self._store_down(client):
             return
         line = plain(f"{user.name} :: ", text)
-        message = self._message(room.name, user.name, text, line, cid=cid)
+        message = self._draft(room.name, user.name, text, cid=cid)
+        if self.backplane.submit(room.name, message, line, self._refusal(client, cid)):
+            # Numbered later, with the other messages of this loop pass; its echo comes
+            # back from the shared store like everyone else's.
+            self.metrics.messages_in += 1
+        else:
+            message = self._numbered(room.name, message, line)
         if cid is not None:
             user.cids[cid] = (self.clock(), message)
         if not self.backplane.ordered:
             self._fanout_local(room, Outgoing(message, line))
 
+    def _refusal(self, client: Client, cid: str | None) -> Callable[[str], None]:
+        """What to tell the sender if its submitted message could not be kept after all."""
+        answering = dict(self._answering)
+
+        def refused(reason: str) -> None:
+            user = client.user
+            if cid is not None and user is not None:
+                user.cids.pop(cid, None)
+            if client.room is None:
+                return
+            self._answering = answering
+            try:
+                self._error(client, p.UNAVAILABLE, STORE_DOWN)
+            finally:
+                self._answering = {}
+
+        return refused
+
     def _message(self, room: str, sender: str, text: str, plain: str, **extra: str | None) -> Event:
         """A new room message, numbered and kept in the room's history; None extras are left out."""
+        return self._numbered(room, self._draft(room, sender, text, **extra), plain)
+
+    def _numbered(self, room: str, message: Event, plain: str) -> Event:
+        message = self.store.add(room, message, plain)
+        self.metrics.messages_in += 1
+        return message
+
+    def _draft(self, room: str, sender: str, text: str, **extra: str | None) -> Event:
+        """A new room message, not numbered yet; None extras are left out."""
         message: Event = {
             "type": "message",
             "room": room,
@@ -417,8 +452,6 @@ class Hub(RemoteHooks):
             "text": text,
         }
         message.update((key, value) for key, value in extra.items() if value is not None)
-        message = self.store.add(room, message, plain)
-        self.metrics.messages_in += 1
         return message
 
     def _recent_cid(self, user: User, cid: str) -> Event | None:

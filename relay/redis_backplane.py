@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 import redis
 import redis.asyncio
 
-from relay.cluster import Backplane
+from relay.cluster import Backplane, Refusal
 from relay.store import StoreUnavailable
-from relay.store.redis import MESSAGE_HEAD, TIMEOUT, RedisStore, room_channel
+from relay.store.redis import ADD_SCRIPT, MESSAGE_HEAD, TIMEOUT, RedisStore, room_channel
 from shared.protocol import Event, now_rfc3339
 
 if TYPE_CHECKING:
@@ -137,12 +137,21 @@ class RedisBackplane(Backplane):
         self.swept = 0
         # Whether the subscriber holds a working subscription: a node hears the others then.
         self._listening = False
+        # Messages waiting to be numbered: sent as one pipeline, one pipeline at a time, so
+        # each sender's messages keep their order.
+        self._outbox: list[tuple[list[str], list[str | int | float], Event, Refusal]] = []
+        self._sender: asyncio.Task[None] | None = None
+        self._adds: redis.asyncio.Redis | None = None
 
     # -- life -----------------------------------------------------------------------------------
 
     def start(self, hub: Hub) -> None:
         self.hub = hub
         self._changed = asyncio.Event()
+        self._adds = redis.asyncio.Redis.from_url(
+            self._url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT, decode_responses=True
+        )
+        self._add_script = self._adds.register_script(ADD_SCRIPT)
         self._tasks = [
             asyncio.create_task(self._subscriber()),
             asyncio.create_task(self._heartbeat()),
@@ -159,8 +168,45 @@ class RedisBackplane(Backplane):
             self._sync.delete(f"chat:alive:{self.node}")
             self._sweep_now(self.node)
         self._sync.close()
+        if self._adds is not None:
+            with contextlib.suppress(redis.RedisError):
+                await self._adds.aclose()
 
     # -- what the hub calls ---------------------------------------------------------------------
+
+    def submit(self, room: str, message: Event, plain: str | None, refused: Refusal) -> bool:
+        if self._adds is None:
+            return False
+        keys, args = self._store.add_call(room, message, plain)
+        self._outbox.append((keys, args, message, refused))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send_adds())
+        return True
+
+    async def _send_adds(self) -> None:
+        """Number what was submitted, a pipeline per round trip (whatever arrived meanwhile).
+
+        The messages come back through the room's channel; only a failure is answered here.
+        A pipeline that failed part way may have kept some of its messages: those are still
+        published, so a sender can see its message after the error (docs/scaling.md).
+        """
+        assert self._adds is not None
+        while self._outbox:
+            batch, self._outbox = self._outbox, []
+            pipe = self._adds.pipeline(transaction=False)
+            for keys, args, _, _ in batch:
+                await self._add_script(keys=keys, args=args, client=pipe)
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except (redis.RedisError, OSError) as exc:
+                results = [exc] * len(batch)
+            for (_, _, message, refused), result in zip(batch, results, strict=True):
+                if isinstance(result, Exception):
+                    reason = f"redis: {result}"
+                    self._store.failed(reason)
+                    refused(reason)
+                else:
+                    message["seq"] = int(result[0])
 
     def _want(self, channel: str, wanted: bool) -> None:
         if wanted:

@@ -145,9 +145,9 @@ async def test_redis_stop_refuses_then_resumes_without_loss(
         await alice.send(type="say", text="kept 1")
         await bob.expect("message", text="kept 1")
         redis.stop()
-        await alice.send(type="say", text="while down")
+        await alice.send(type="say", text="while down", cid="c-down")
         error = await alice.expect("error")
-        assert error["code"] == "unavailable"
+        assert (error["code"], error["request"], error["cid"]) == ("unavailable", "say", "c-down")
         # A newcomer is told to come back later rather than admitted into a room it cannot use.
         refused = await websockets.connect(b.url("r"), subprotocols=[SUBPROTOCOL])
         code, reason = await closed(refused)

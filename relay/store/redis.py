@@ -47,7 +47,7 @@ end
 # channel, plain line (JSON). Published: the message's JSON, a newline, the plain line's JSON
 # (compact JSON has no raw newline), so a node hands the message's JSON on as it came.
 # Returns {seq, epoch}.
-_ADD = (
+ADD_SCRIPT = _ADD = (
     _EPOCH
     + """
 local e = epoch(KEYS[1], KEYS[3], ARGV[1], ARGV[2])
@@ -229,6 +229,15 @@ class RedisStore(Store):
 
     def add(self, room: str, message: Event, plain: str | None = None) -> Event:
         """Number `message`, keep it and publish it to every node, in one step."""
+        keys, args = self.add_call(room, message, plain)
+        seq, _ = self._call(lambda: self._add(keys=keys, args=args))
+        message["seq"] = int(seq)
+        return message
+
+    def add_call(
+        self, room: str, message: Event, plain: str | None
+    ) -> tuple[list[str], list[str | int | float]]:
+        """The keys and arguments of `add`'s script (ADD_SCRIPT), for a pipeline of them."""
         head, tail = _split(message)
         keys = [self._meta(room), self._log(room), self._gen(room)]
         args: list[str | int | float] = [
@@ -240,9 +249,12 @@ class RedisStore(Store):
             room_channel(room),
             json.dumps(plain, ensure_ascii=False),
         ]
-        seq, _ = self._call(lambda: self._add(keys=keys, args=args))
-        message["seq"] = int(seq)
-        return message
+        return keys, args
+
+    def failed(self, reason: str) -> None:
+        """A call made elsewhere (a pipeline of adds) failed: off until `probe` succeeds."""
+        self.failures += 1
+        self._problem = reason
 
     def append(self, room: str, message: Event) -> None:
         keys = [self._meta(room), self._log(room), self._gen(room)]
