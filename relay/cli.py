@@ -26,11 +26,10 @@ from relay.app import create_app, drain, watch_revocations
 from relay.cluster import Backplane
 from relay.core import NAME_GRACE, Hub, Limits
 from relay.direct import write_path
-from relay.jwt_tokens import jwt_signer
 from relay.names import key
 from relay.store import MemoryStore, Store, StoreUnavailable
 from relay.store.sqlite import SQLiteStore
-from relay.tokens import load_secret
+from relay.tokens import TokenSigner, load_secret
 from relay.webclient import how_to_connect
 from shared.xdg import state_home
 
@@ -214,7 +213,12 @@ def main(argv: list[str] | None = None) -> None:
         secret = _secret(args)
     except OSError as exc:
         raise SystemExit(f"chat-relay: cannot use the state dir {args.state_dir}: {exc}") from None
-    signer = jwt_signer(secret, args.jwt_secret, args.jwt_public_key)
+    signer = TokenSigner(secret)
+    if args.jwt_secret or args.jwt_public_key:
+        # PyJWT (and cryptography) only for a relay that accepts JWTs: a shorter start.
+        from relay.jwt_tokens import jwt_signer
+
+        signer = jwt_signer(secret, args.jwt_secret, args.jwt_public_key)
     backplane = None
     if args.redis:
         store, backplane = _cluster(args, limits.history)
