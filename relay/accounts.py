@@ -4,7 +4,8 @@ Kept apart from the chat store in a small SQLite database of its own (`STATE_DIR
 or in memory with `--db :memory:`): it changes only when someone registers, logs out everywhere
 or an admin revokes tokens, so it is written synchronously, and `chat-relay tokens revoke` can
 change it while the relay runs. Lookups are primary-key reads, done when a connection logs in
-or someone picks a name, never per message.
+or someone picks a name, never per message. Several relays as one (`--redis`) keep the same
+records in Redis instead (relay/redis_registry.py), behind the same `Registry` interface.
 
 Passwords are hashed with scrypt, a memory-hard KDF, and compared in constant time. The hash
 costs about as much as a login is allowed to (tens of milliseconds), so the relay runs it on a
@@ -18,6 +19,7 @@ import hashlib
 import hmac
 import secrets
 import sqlite3
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +84,76 @@ def new_account(subject: str, name: str, password: str) -> Account:
     return Account(subject, name, salt, hash_password(password, salt))
 
 
-class Registry:
+class NameTaken(Exception):
+    """Another account has the name (or a look-alike) or the identity: two registrations raced."""
+
+
+class Registry(ABC):
+    """Accounts, token generations and invite-only rooms: what every node must agree on.
+
+    SQLite for one relay; Redis (relay/redis_registry.py) for several relays as one. Every
+    method is a short blocking call made when someone logs in, registers, joins or changes a
+    room, never per message.
+    """
+
+    # What a backend raises when it cannot be read right now (a busy file, Redis away): the
+    # revocation watcher logs these and tries again at its next tick.
+    unavailable: tuple[type[Exception], ...] = ()
+
+    def problem(self) -> str | None:
+        """Why the accounts cannot be read right now (a shared registry's server is down)."""
+        return None
+
+    @abstractmethod
+    def changed_elsewhere(self) -> bool:
+        """Whether another process revoked tokens since last asked (see Hub.cut_revoked)."""
+
+    @abstractmethod
+    def account(self, subject: str) -> Account | None: ...
+
+    @abstractmethod
+    def account_named(self, name: str) -> Account | None:
+        """The account whose name is `name` or looks like it."""
+
+    @abstractmethod
+    def add(self, account: Account) -> None:
+        """Keep a new account; NameTaken if its name or identity already has one."""
+
+    @abstractmethod
+    def generation(self, subject: str) -> int: ...
+
+    @abstractmethod
+    def revoke(self, subject: str) -> int:
+        """Refuse every token issued so far for `subject`; the new generation."""
+
+    @abstractmethod
+    def is_private(self, room: str) -> bool: ...
+
+    @abstractmethod
+    def set_private(self, room: str, private: bool, members: set[str]) -> None:
+        """Make the room invite-only with `members` in it, or open it (forgetting members)."""
+
+    @abstractmethod
+    def is_member(self, room: str, subject: str) -> bool: ...
+
+    @abstractmethod
+    def add_member(self, room: str, subject: str) -> None: ...
+
+    @abstractmethod
+    def remove_member(self, room: str, subject: str) -> None: ...
+
+    @abstractmethod
+    def readable(self, rooms: list[str], subject: str | None) -> set[str]:
+        """Which of `rooms` `subject` may see: the open ones and the private ones it is in."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class SQLiteRegistry(Registry):
     """Accounts and token generations in SQLite (a file, or memory when `path` is None)."""
+
+    unavailable = (sqlite3.Error,)
 
     def __init__(self, path: Path | None) -> None:
         if path is not None:
@@ -124,10 +194,13 @@ class Registry:
         return None if row is None else Account(*row)
 
     def add(self, account: Account) -> None:
-        self.db.execute(
-            "INSERT INTO accounts VALUES (?, ?, ?, ?, ?)",
-            (account.subject, account.name, key(account.name), account.salt, account.hash),
-        )
+        try:
+            self.db.execute(
+                "INSERT INTO accounts VALUES (?, ?, ?, ?, ?)",
+                (account.subject, account.name, key(account.name), account.salt, account.hash),
+            )
+        except sqlite3.IntegrityError as error:
+            raise NameTaken(account.name) from error
 
     def generation(self, subject: str) -> int:
         row = self.db.execute(

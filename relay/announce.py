@@ -12,7 +12,6 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -84,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
         need = "chat-relay: announce needs the relay's key (--key or CHAT_RELAY_KEY)"
         print(need, file=sys.stderr)
         return 2
+    # Here, not at the top: every `chat-relay serve` imports this module, and httpx alone
+    # is a fifth of a second of its start.
+    import httpx
+
     url = f"{http_base(args.server)}/announce"
     try:
         response = httpx.post(

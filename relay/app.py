@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from typing import Any
 
 from starlette.applications import Starlette
@@ -39,6 +38,10 @@ _COUNT_DIGITS = 18
 RETRY_AFTER = "2"
 # How often the relay looks for tokens revoked by `chat-relay tokens revoke` (another process).
 REVOKE_CHECK_SECONDS = 2.0
+# Why a connection is closed (1011, which clients retry) or a request answered 503 while the
+# accounts registry (Redis, with --redis) cannot be read: no fault of the client's.
+REGISTRY_DOWN = "accounts unavailable: try again shortly"
+STORE_UNREACHABLE = "the relay cannot reach its store: try again later"
 
 
 class ChatEndpoint:
@@ -62,7 +65,12 @@ class ChatEndpoint:
         except ValueError as bad:
             await websocket.close(p.CLOSE_POLICY, str(bad))
             return
-        problem = p.room_error(room) or self.hub.refusal(params["token"], room)
+        try:
+            problem = p.room_error(room) or self.hub.refusal(params["token"], room)
+        except self.hub.registry.unavailable as error:
+            log.warning("cannot read the accounts registry: %s", error)
+            await websocket.close(p.CLOSE_TRY_AGAIN, REGISTRY_DOWN)
+            return
         if problem is not None:
             await websocket.close(p.CLOSE_POLICY, problem)
             return
@@ -80,11 +88,7 @@ class ChatEndpoint:
             try:
                 self.hub.join(connection, room, **params)
             except StoreUnavailable:
-                connection.close(
-                    p.CLOSE_SLOW_CONSUMER,
-                    "the relay cannot reach its store: try again later",
-                    flush=True,
-                )
+                connection.close(p.CLOSE_TRY_AGAIN, STORE_UNREACHABLE, flush=True)
                 return
             while True:
                 message = await receive()
@@ -95,6 +99,9 @@ class ChatEndpoint:
                     self.hub.receive_binary(connection)
                 else:
                     self.hub.receive(connection, text)
+        except self.hub.registry.unavailable as error:
+            log.warning("cannot read the accounts registry: %s", error)
+            connection.close(p.CLOSE_TRY_AGAIN, REGISTRY_DOWN, flush=True)
         finally:
             self.hub.leave(connection)
             await connection.finish()
@@ -116,7 +123,12 @@ def create_app(hub: Hub, key: str | None = None) -> Router:
 
     async def healthz(request: Request) -> Response:
         problem = hub.health_problem()
-        health = {"status": "ok", "connections": len(hub.clients), "rooms": len(hub.rooms)}
+        health = {
+            "status": "ok",
+            "connections": len(hub.clients),
+            "rooms": len(hub.rooms),
+            "node": hub.backplane.node,
+        }
         if problem is None:
             return JSONResponse(health)
         health |= {"status": "unavailable", "reason": problem}
@@ -124,18 +136,19 @@ def create_app(hub: Hub, key: str | None = None) -> Router:
 
     async def rooms(request: Request) -> Response:
         # Invite-only rooms are listed to their members only (identity token as for /chat).
-        visible = hub.registry.readable(list(hub.rooms), hub.subject_for(_token(request)))
+        counts = hub.room_members()
+        visible = hub.registry.readable(list(counts), hub.subject_for(_token(request)))
         listing = [
             {
-                "room": room.name,
-                "members": len(room.users),
-                "connections": len(room.clients),
-                "topic": hub.room_topic(room.name),
-                "owner": hub.owner_name(room.name),
-                "private": hub.registry.is_private(room.name),
+                "room": room,
+                "members": members,
+                "connections": connections,
+                "topic": hub.room_topic(room),
+                "owner": hub.owner_name(room),
+                "private": hub.registry.is_private(room),
             }
-            for room in sorted(hub.rooms.values(), key=lambda room: room.name)
-            if room.name in visible
+            for room, (members, connections) in sorted(counts.items())
+            if room in visible
         ]
         return JSONResponse({"rooms": listing})
 
@@ -191,8 +204,17 @@ def create_app(hub: Hub, key: str | None = None) -> Router:
         response.headers["Retry-After"] = RETRY_AFTER
         return response
 
+    async def registry_down(request: Request, error: Exception) -> Response:
+        log.warning("cannot read the accounts registry: %s", error)
+        response = _error(503, p.UNAVAILABLE, REGISTRY_DOWN)
+        response.headers["Retry-After"] = RETRY_AFTER
+        return response
+
     api = Starlette(
-        exception_handlers={StoreUnavailable: unavailable},
+        exception_handlers={
+            StoreUnavailable: unavailable,
+            **{kind: registry_down for kind in hub.registry.unavailable},
+        },
         routes=[
             Route("/healthz", healthz),
             Route("/rooms", rooms),
@@ -239,8 +261,8 @@ async def watch_revocations(hub: Hub, every: float = REVOKE_CHECK_SECONDS) -> No
         await asyncio.sleep(every)
         try:
             cut = hub.cut_revoked()
-        except sqlite3.Error as error:
-            log.warning("cannot read accounts.db for revoked tokens: %s", error)
+        except hub.registry.unavailable as error:
+            log.warning("cannot read the accounts registry for revoked tokens: %s", error)
             continue
         if cut:
             log.info("closed %d connection(s) of revoked identities", cut)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import resource
 import signal
@@ -20,16 +21,15 @@ from uvicorn.config import WS_PROTOCOLS
 from uvicorn.importer import import_from_string
 
 from relay import access, announce, demo, logs, workers
-from relay.accounts import Registry
+from relay.accounts import Registry, SQLiteRegistry
 from relay.app import create_app, drain, watch_revocations
 from relay.cluster import Backplane
 from relay.core import NAME_GRACE, Hub, Limits
 from relay.direct import write_path
-from relay.jwt_tokens import jwt_signer
 from relay.names import key
 from relay.store import MemoryStore, Store, StoreUnavailable
 from relay.store.sqlite import SQLiteStore
-from relay.tokens import load_secret
+from relay.tokens import TokenSigner, load_secret
 from relay.webclient import how_to_connect
 from shared.xdg import state_home
 
@@ -42,8 +42,12 @@ except ImportError:  # a uvicorn without the protocol classes relay/guard.py ext
 # The whole shutdown, whatever clients do; the last CUT_SECONDS of it follow the hard cut.
 DRAIN_SECONDS = 5.0
 CUT_SECONDS = 1
+BACKPLANE_STOP_SECONDS = 2.0
+# Past the drain, how long the rest of a shutdown may take before the process just exits.
+STUCK_SECONDS = 5.0
 # Descriptors kept for what is not a client socket: listening sockets, the database, logs.
 FD_RESERVE = 64
+REDIS_MISSING = "chat-relay: --redis needs redis-py: pip install 'terminal-chat[redis]'"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         ("secret", str, None, "token signing secret (default: generated, kept in state dir)"),
         ("state-dir", Path, state_home("chat-relay"), "where the relay keeps its state"),
         ("db", str, None, "SQLite database (default: STATE_DIR/chat.db; :memory: keeps none)"),
+        ("redis", str, None, "one of several relays on this Redis (docs/scaling.md)"),
         ("retain-messages", int, 0, "messages the database keeps per room (0: no cap)"),
         ("retain-days", float, 0.0, "days the database keeps a message (0: no limit)"),
         ("name-grace", float, NAME_GRACE, "seconds a name stays its offline identity's"),
@@ -91,7 +96,6 @@ def _parser() -> argparse.ArgumentParser:
         ("ws-ping-timeout", float, 20.0, "seconds to wait for a pong before closing 1011"),
         ("log-level", str, "info", "critical, error, warning, info or debug"),
         ("ws", str, "websockets-sansio", "uvicorn WebSocket implementation"),
-        ("redis", str, None, "several relays as one: Redis URL (docs/scaling.md)"),
         ("node-ttl", float, 10.0, "seconds a silent node's members stay listed (with --redis)"),
         ("workers", int, 1, "relay processes on this port, one per core (needs --redis)"),
     ]
@@ -109,6 +113,11 @@ def _parser() -> argparse.ArgumentParser:
     state_env = os.environ.get("CHAT_RELAY_STATE_DIR", state_home("chat-relay"))
     revoke.add_argument("--state-dir", type=Path, default=state_env, help="[CHAT_RELAY_STATE_DIR]")
     revoke.add_argument("--db", default=os.environ.get("CHAT_RELAY_DB"), help="[CHAT_RELAY_DB]")
+    revoke.add_argument(
+        "--redis",
+        default=os.environ.get("CHAT_RELAY_REDIS"),
+        help="revoke on every relay of this Redis [CHAT_RELAY_REDIS]",
+    )
     announce.add_parser(commands)
     demo.add_parser(commands)
     return parser
@@ -139,12 +148,21 @@ class RelayServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_SECONDS
+        # A stop that hangs is a bug, but the operator's SIGTERM must still end the process:
+        # say what was stuck, then go.
+        watchdog = loop.call_later(DRAIN_SECONDS + STUCK_SECONDS, _stuck)
+        try:
+            await self._shutdown(sockets, deadline)
+        finally:
+            watchdog.cancel()
+
+    async def _shutdown(self, sockets: list[socket.socket] | None, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
         if self.revocations is not None:
             self.revocations.cancel()
         for server in self.servers:
             server.close()
         await drain(self.hub, DRAIN_SECONDS - CUT_SECONDS)
-        await self.hub.backplane.stop()
         # A peer that stopped reading holds its transport open (queued frames, close frame
         # behind them) for as long as it likes: past the drain, cut whatever is left.
         for connection in list(self.server_state.connections):
@@ -153,6 +171,18 @@ class RelayServer(uvicorn.Server):
                 transport.abort()
         self.config.timeout_graceful_shutdown = max(1, int(deadline - loop.time()))
         await super().shutdown(sockets)
+        # Once every connection has left its rooms: leaving the other nodes is a courtesy
+        # (they sweep a silent node anyway), so it is bounded.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.hub.backplane.stop(), BACKPLANE_STOP_SECONDS)
+
+
+def _stuck() -> None:
+    print("chat-relay: shutdown is stuck; exiting. Tasks still running:", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=8, file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,10 +210,15 @@ def main(argv: list[str] | None = None) -> None:
         address_burst=args.address_burst,
     )
     try:
-        secret = load_secret(args.secret, args.state_dir)
+        secret = _secret(args)
     except OSError as exc:
         raise SystemExit(f"chat-relay: cannot use the state dir {args.state_dir}: {exc}") from None
-    signer = jwt_signer(secret, args.jwt_secret, args.jwt_public_key)
+    signer = TokenSigner(secret)
+    if args.jwt_secret or args.jwt_public_key:
+        # PyJWT (and cryptography) only for a relay that accepts JWTs: a shorter start.
+        from relay.jwt_tokens import jwt_signer
+
+        signer = jwt_signer(secret, args.jwt_secret, args.jwt_public_key)
     backplane = None
     if args.redis:
         store, backplane = _cluster(args, limits.history)
@@ -251,9 +286,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    """Bump the identity's token generation in accounts.db; a running relay reads it on login,
-    and closes the identity's open connections within a few seconds (relay/app.py)."""
-    registry = Registry(args.state_dir / "accounts.db")
+    """Bump the identity's token generation in accounts.db (or Redis); a running relay reads it
+    on login, and closes the identity's open connections within a few seconds (relay/app.py)."""
+    registry = _registry(args)
     try:
         account = registry.account_named(args.name)
         subject = account.subject if account is not None else _subject_in_store(args)
@@ -282,7 +317,33 @@ def _subject_in_store(args: argparse.Namespace) -> str | None:
 
 
 def _registry(args: argparse.Namespace) -> Registry:
-    return Registry(None if args.db == ":memory:" else args.state_dir / "accounts.db")
+    """Accounts, generations and invite-only rooms: every node's in Redis with --redis, else
+    this relay's in STATE_DIR/accounts.db. Exits with one line when that cannot be had."""
+    if not args.redis:
+        return SQLiteRegistry(None if args.db == ":memory:" else args.state_dir / "accounts.db")
+    try:
+        from relay.redis_registry import RedisRegistry
+    except ImportError:
+        raise SystemExit(REDIS_MISSING) from None
+    try:
+        return RedisRegistry(args.redis)
+    except (*RedisRegistry.unavailable, ValueError) as exc:
+        raise SystemExit(f"chat-relay: cannot use Redis: {exc}") from None
+
+
+def _secret(args: argparse.Namespace) -> bytes:
+    """The token signing secret: --secret, else the one every node on the Redis shares, else the
+    one kept in the state dir."""
+    if not args.redis or args.secret:
+        return load_secret(args.secret, args.state_dir)
+    try:
+        from relay.redis_registry import RedisRegistry, shared_secret
+    except ImportError:
+        raise SystemExit(REDIS_MISSING) from None
+    try:
+        return shared_secret(args.redis)
+    except (*RedisRegistry.unavailable, ValueError) as exc:
+        raise SystemExit(f"chat-relay: cannot use Redis: {exc}") from None
 
 
 def _capacity(max_connections: int) -> int:
@@ -314,7 +375,7 @@ def _cluster(args: argparse.Namespace, history: int) -> tuple[Store, Backplane]:
         needs = "chat-relay: --redis needs redis-py: pip install 'terminal-chat[redis]'"
         raise SystemExit(needs) from None
     try:
-        store = RedisStore(args.redis, history)
+        store = RedisStore(args.redis, history, forget_days=args.forget_identities_days)
     except (StoreUnavailable, ValueError) as exc:
         raise SystemExit(f"chat-relay: cannot use Redis at {args.redis}: {exc}") from None
     return store, RedisBackplane(args.redis, store, ttl=args.node_ttl)

@@ -8,12 +8,16 @@ other nodes arrives through the hub's `remote_*` methods. `Backplane` itself is 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from shared.protocol import Event
 
 if TYPE_CHECKING:
     from relay.core import Hub
+
+# Called with the reason when a submitted message could not be kept.
+Refusal = Callable[[str], None]
 
 
 class Backplane:
@@ -30,6 +34,14 @@ class Backplane:
 
     async def stop(self) -> None:
         """Leave the other nodes, once this node's connections are closed."""
+
+    def submit(self, room: str, message: Event, plain: str | None, refused: Refusal) -> bool:
+        """Number, keep and publish `message` later, with others (one round trip for all).
+
+        False: not done here; the hub adds it itself (`Store.add`). Otherwise `refused` is
+        called if it could not be kept; when it was, it comes back like any other message.
+        """
+        return False
 
     def open_room(self, room: str) -> None:
         """The node has members in `room` now: hear what other nodes say there."""
@@ -65,6 +77,10 @@ class Backplane:
 
     def members(self, room: str) -> list[str] | None:
         """Every name in `room` on any node, or None when this node's own are all there are."""
+        return None
+
+    def rooms(self) -> dict[str, int] | None:
+        """Every room with members on any node, and how many names, or None: this node's only."""
         return None
 
     def problem(self) -> str | None:

@@ -18,6 +18,7 @@ from starlette.routing import Route
 from relay.accounts import (
     PASSWORD_MAX,
     LoginThrottle,
+    NameTaken,
     check_password,
     new_account,
     password_problem,
@@ -90,7 +91,10 @@ def account_routes(hub: Hub) -> list[Route]:
         if hub.registry.account(subject) is not None:
             return _error(409, p.REGISTERED, f"{name} is already registered")
         account = await asyncio.to_thread(new_account, subject, name, password)
-        problem = hub.add_account(account)
+        try:
+            problem = hub.add_account(account)
+        except NameTaken:  # registered on another node since the hub checked
+            problem = f"{name} is already taken (or looks like a name that is)"
         if problem is not None:
             return _error(409, p.NAME_TAKEN, problem)
         token = hub.issue_token(subject, name)

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 import redis
 import redis.asyncio
 
-from relay.cluster import Backplane
-from relay.store.redis import MESSAGE_HEAD, TIMEOUT, RedisStore, room_channel
+from relay.cluster import Backplane, Refusal
+from relay.store import StoreUnavailable
+from relay.store.redis import ADD_SCRIPT, MESSAGE_HEAD, TIMEOUT, RedisStore, room_channel
 from shared.protocol import Event, now_rfc3339
 
 if TYPE_CHECKING:
@@ -38,19 +39,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("relay.cluster")
 
 ALL = "chat:all"
+LIVE = "chat:live"
 NODES = "chat:nodes"
 HEARTBEAT_TTL = 10.0
 RETRY_FIRST = 0.1
 RETRY_LAST = 5.0
+# How often a node forgets a batch of idle identities (RedisStore.forget_idle).
+FORGET_SECONDS = 60.0
 
+# KEYS: the room's presence, this node's presence, the live rooms; ARGV: name, "room\\nname",
+# room. Returns 1 when the name was on no node before (JOIN) or is on none now (LEAVE).
 _JOIN = """
 if redis.call('HSETNX', KEYS[2], ARGV[2], 1) == 0 then return 0 end
+redis.call('SADD', KEYS[3], ARGV[3])
 return redis.call('HINCRBY', KEYS[1], ARGV[1], 1) == 1 and 1 or 0
 """
 _LEAVE = """
 if redis.call('HDEL', KEYS[2], ARGV[2]) == 0 then return 0 end
 if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) > 0 then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('HLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[3]) end
 return 1
 """
 # KEYS: the identity's nodes; ARGV: this node, the payload. Returns how many nodes heard it.
@@ -78,6 +86,9 @@ for _, field in ipairs(redis.call('HKEYS', KEYS[3])) do
   if redis.call('HINCRBY', present, name, -1) <= 0 then
     redis.call('HDEL', present, name)
     table.insert(gone, field)
+    if redis.call('HLEN', present) == 0 then
+      redis.call('SREM', 'chat:live', string.sub(field, 1, cut - 1))
+    end
   end
 end
 redis.call('DEL', KEYS[3])
@@ -124,12 +135,23 @@ class RedisBackplane(Backplane):
         self.hub: Hub | None = None
         self.reconnects = 0
         self.swept = 0
+        # Whether the subscriber holds a working subscription: a node hears the others then.
+        self._listening = False
+        # Messages waiting to be numbered: sent as one pipeline, one pipeline at a time, so
+        # each sender's messages keep their order.
+        self._outbox: list[tuple[list[str], list[str | int | float], Event, Refusal]] = []
+        self._sender: asyncio.Task[None] | None = None
+        self._adds: redis.asyncio.Redis | None = None
 
     # -- life -----------------------------------------------------------------------------------
 
     def start(self, hub: Hub) -> None:
         self.hub = hub
         self._changed = asyncio.Event()
+        self._adds = redis.asyncio.Redis.from_url(
+            self._url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT, decode_responses=True
+        )
+        self._add_script = self._adds.register_script(ADD_SCRIPT)
         self._tasks = [
             asyncio.create_task(self._subscriber()),
             asyncio.create_task(self._heartbeat()),
@@ -146,8 +168,45 @@ class RedisBackplane(Backplane):
             self._sync.delete(f"chat:alive:{self.node}")
             self._sweep_now(self.node)
         self._sync.close()
+        if self._adds is not None:
+            with contextlib.suppress(redis.RedisError):
+                await self._adds.aclose()
 
     # -- what the hub calls ---------------------------------------------------------------------
+
+    def submit(self, room: str, message: Event, plain: str | None, refused: Refusal) -> bool:
+        if self._adds is None:
+            return False
+        keys, args = self._store.add_call(room, message, plain)
+        self._outbox.append((keys, args, message, refused))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send_adds())
+        return True
+
+    async def _send_adds(self) -> None:
+        """Number what was submitted, a pipeline per round trip (whatever arrived meanwhile).
+
+        The messages come back through the room's channel; only a failure is answered here.
+        A pipeline that failed part way may have kept some of its messages: those are still
+        published, so a sender can see its message after the error (docs/scaling.md).
+        """
+        assert self._adds is not None
+        while self._outbox:
+            batch, self._outbox = self._outbox, []
+            pipe = self._adds.pipeline(transaction=False)
+            for keys, args, _, _ in batch:
+                await self._add_script(keys=keys, args=args, client=pipe)
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except (redis.RedisError, OSError) as exc:
+                results = [exc] * len(batch)
+            for (_, _, message, refused), result in zip(batch, results, strict=True):
+                if isinstance(result, Exception):
+                    reason = f"redis: {result}"
+                    self._store.failed(reason)
+                    refused(reason)
+                else:
+                    message["seq"] = int(result[0])
 
     def _want(self, channel: str, wanted: bool) -> None:
         if wanted:
@@ -210,7 +269,7 @@ class RedisBackplane(Backplane):
 
     def joined(self, room: str, name: str) -> bool:
         try:
-            keys, args = [_present(room), self._mine], [name, f"{room}\n{name}"]
+            keys, args = [_present(room), self._mine, LIVE], [name, f"{room}\n{name}", room]
             return bool(self._join(keys=keys, args=args))
         except redis.RedisError as exc:
             self._fail(exc)
@@ -218,7 +277,7 @@ class RedisBackplane(Backplane):
 
     def left(self, room: str, name: str) -> bool:
         try:
-            keys, args = [_present(room), self._mine], [name, f"{room}\n{name}"]
+            keys, args = [_present(room), self._mine, LIVE], [name, f"{room}\n{name}", room]
             return bool(self._leave(keys=keys, args=args))
         except redis.RedisError as exc:
             self._fail(exc)
@@ -227,6 +286,17 @@ class RedisBackplane(Backplane):
     def members(self, room: str) -> list[str] | None:
         try:
             return [str(name) for name in self._sync.hkeys(_present(room))]
+        except redis.RedisError as exc:
+            self._fail(exc)
+            return None
+
+    def rooms(self) -> dict[str, int] | None:
+        try:
+            live = sorted(str(room) for room in self._sync.smembers(LIVE))
+            pipe = self._sync.pipeline(transaction=False)
+            for room in live:
+                pipe.hlen(_present(room))
+            return {room: int(count) for room, count in zip(live, pipe.execute(), strict=True)}
         except redis.RedisError as exc:
             self._fail(exc)
             return None
@@ -287,6 +357,7 @@ class RedisBackplane(Backplane):
                 log.warning("redis backplane: subscribed again; catching up")
             if not first or self._store.problem() is not None:
                 await asyncio.to_thread(self._store.probe)
+            self._listening = True
             if self._store.problem() is None:
                 self._problem = None
                 self._present_again()
@@ -296,6 +367,7 @@ class RedisBackplane(Backplane):
                 if message is not None:
                     self._dispatch(message)
         finally:
+            self._listening = False
             changes.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await changes
@@ -360,6 +432,7 @@ class RedisBackplane(Backplane):
             self._url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT, decode_responses=True
         )
         sweep = client.register_script(_SWEEP)
+        forget_at = 0.0
         try:
             while True:
                 try:
@@ -374,6 +447,13 @@ class RedisBackplane(Backplane):
                             self._announce_gone(gone)
                     if self._store.problem() is not None:
                         await asyncio.to_thread(self._store.probe)
+                    elif asyncio.get_running_loop().time() >= forget_at:
+                        forget_at = asyncio.get_running_loop().time() + FORGET_SECONDS
+                        with contextlib.suppress(StoreUnavailable):
+                            await asyncio.to_thread(self._store.forget_idle)
+                    if self._listening and self._store.problem() is None:
+                        # A command failed while the subscription held: nothing was missed.
+                        self._problem = None
                 except (redis.RedisError, OSError) as exc:
                     self._fail(exc)
                 await asyncio.sleep(self._ttl / 3)

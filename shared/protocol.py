@@ -27,6 +27,8 @@ CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_RESTART = 1012
 CLOSE_SLOW_CONSUMER = 1013
+# The same code when a relay on Redis cannot reach it: the reason says so; come back later.
+CLOSE_TRY_AGAIN = 1013
 CLOSE_KICKED = 4001
 CLOSE_ROOM_CLOSED = 4002
 CLOSE_REASON_MAX = 123

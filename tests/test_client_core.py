@@ -342,7 +342,7 @@ def test_client_core_and_plain_import_no_textual():
 
 
 def test_private_room_commands_are_requests_answered_by_their_events():
-    """The relay answers private/invite/remove/owner with these events (relay/core.py)."""
+    """The relay answers private/invite/remove/owner with these events (relay/owners.py)."""
     assert parse("/private on").request() == {"type": "private", "private": True}
     assert parse("/invite bob").request() == {"type": "invite", "name": "bob"}
     assert parse("/logout-everywhere").request() == {"type": "logout_everywhere"}

@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
+import websockets
 
+from shared.protocol import SUBPROTOCOL
 from tests.redisproc import RedisProcess
-from tests.relayproc import JsonClient, RelayProcess, eventually, metric
+from tests.relayproc import JsonClient, RelayProcess, closed, eventually, metric
 
 NODE_TTL = "1.5"
 
@@ -26,7 +29,7 @@ def nodes(
 
 
 async def test_messages_reach_every_node_in_one_order(
-    relay_factory: Callable[..., RelayProcess], redis_server: RedisProcess
+    redis_server: RedisProcess, relay_factory: Callable[..., RelayProcess]
 ) -> None:
     relays = nodes(relay_factory, redis_server, 3)
     clients = [await JsonClient.connect(relay.url("r")) for relay in relays for _ in range(2)]
@@ -52,7 +55,7 @@ async def test_messages_reach_every_node_in_one_order(
 
 
 async def test_presence_names_and_history_cover_every_node(
-    relay_factory: Callable[..., RelayProcess], redis_server: RedisProcess
+    redis_server: RedisProcess, relay_factory: Callable[..., RelayProcess]
 ) -> None:
     a, b = nodes(relay_factory, redis_server, 2)
     alice = await JsonClient.connect(a.url("r"))
@@ -72,13 +75,17 @@ async def test_presence_names_and_history_cover_every_node(
     await bob.send(type="who")
     members = await bob.expect("members")
     assert set(members["members"]) == {"alice", bob.welcome["you"]}
+    async with httpx.AsyncClient() as http:
+        for node in (a, b):
+            listing = (await http.get(f"{node.http}/rooms")).json()["rooms"]
+            assert [(r["room"], r["members"], r["connections"]) for r in listing] == [("r", 2, 1)]
     await bob.close()
     left = await alice.expect("leave")
     assert left["name"] == bob.welcome["you"]
 
 
 async def test_dms_cross_nodes(
-    relay_factory: Callable[..., RelayProcess], redis_server: RedisProcess
+    redis_server: RedisProcess, relay_factory: Callable[..., RelayProcess]
 ) -> None:
     a, b = nodes(relay_factory, redis_server, 2)
     alice = await JsonClient.connect(a.url("r"))
@@ -99,7 +106,7 @@ async def test_dms_cross_nodes(
 
 
 async def test_a_killed_node_s_clients_resume_elsewhere_and_its_members_leave(
-    relay_factory: Callable[..., RelayProcess], redis_server: RedisProcess
+    redis_server: RedisProcess, relay_factory: Callable[..., RelayProcess]
 ) -> None:
     a, b = nodes(relay_factory, redis_server, 2)
     watcher = await JsonClient.connect(a.url("r"))
@@ -127,12 +134,10 @@ async def test_a_killed_node_s_clients_resume_elsewhere_and_its_members_leave(
 
 
 async def test_redis_stop_refuses_then_resumes_without_loss(
-    relay_factory: Callable[..., RelayProcess], tmp_path_factory: object
+    tmp_path: Path, relay_factory: Callable[..., RelayProcess]
 ) -> None:
-    import pathlib
-    import tempfile
-
-    redis = RedisProcess(pathlib.Path(tempfile.mkdtemp()) / "redis", appendonly=True)
+    # What was acknowledged survives a Redis restart only if Redis keeps it (docs/scaling.md).
+    redis = RedisProcess(tmp_path / "aof", appendonly=True)
     try:
         a, b = nodes(relay_factory, redis, 2)
         alice = await JsonClient.connect(a.url("r"))
@@ -140,16 +145,24 @@ async def test_redis_stop_refuses_then_resumes_without_loss(
         await alice.send(type="say", text="kept 1")
         await bob.expect("message", text="kept 1")
         redis.stop()
-        await alice.send(type="say", text="while down")
+        await alice.send(type="say", text="while down", cid="c-down")
         error = await alice.expect("error")
-        assert error["code"] == "unavailable"
+        assert (error["code"], error["request"], error["cid"]) == ("unavailable", "say", "c-down")
+        # A newcomer is told to come back later rather than admitted into a room it cannot use.
+        refused = await websockets.connect(b.url("r"), subprotocols=[SUBPROTOCOL])
+        code, reason = await closed(refused)
+        assert code == 1013 and "try again" in reason
         async with httpx.AsyncClient(base_url=a.http) as http:
             health = await http.get("/healthz")
             assert health.status_code == 503 and "redis" in health.json()["reason"]
+            assert metric((await http.get("/metrics")).text, "chat_store_healthy") == 0
             redis.start()
 
             async def healthy() -> bool | None:
-                return (await http.get("/healthz")).status_code == 200 or None
+                for node in (a, b):
+                    if (await http.get(f"{node.http}/healthz")).status_code != 200:
+                        return None
+                return True
 
             await eventually(healthy, timeout=15)
             assert metric((await http.get("/metrics")).text, "chat_backplane_healthy") == 1
@@ -160,3 +173,70 @@ async def test_redis_stop_refuses_then_resumes_without_loss(
         assert [m["text"] for m in history] == ["kept 1", "kept 2"]
     finally:
         redis.stop()
+
+
+async def test_redis_that_comes_back_empty_starts_rooms_anew(
+    redis_server: RedisProcess, relay_factory: Callable[..., RelayProcess]
+) -> None:
+    a, b = nodes(relay_factory, redis_server, 2)
+    alice = await JsonClient.connect(a.url("r"))
+    bob = await JsonClient.connect(b.url("r"))
+    await alice.send(type="say", text="before")
+    await bob.expect("message", text="before")
+    # No persistence: the restarted Redis has no history, so the old epoch cannot go on.
+    redis_server.stop()
+    redis_server.start()
+    code, reason = await closed(bob.ws, timeout=15)
+    assert code == 1012 and "join again" in reason
+    again = await JsonClient.connect(
+        b.url("r", f"token={bob.welcome['token']}&since=1&epoch={bob.welcome['epoch']}")
+    )
+    assert again.welcome["recovered"] is False and again.welcome["epoch"] != bob.welcome["epoch"]
+    assert again.welcome["you"] == bob.welcome["you"]
+
+
+async def test_workers_share_one_port_as_one_relay(
+    redis_server: RedisProcess, relay_factory: Callable[..., RelayProcess]
+) -> None:
+    relay = relay_factory("--rate", "0", "--redis", redis_server.url, "--workers", "2")
+    seen: set[str] = set()
+    async with httpx.AsyncClient(base_url=relay.http) as http:
+        for _ in range(200):
+            # A new connection each time: the kernel spreads them over the workers.
+            response = await http.get("/healthz", headers={"Connection": "close"})
+            seen.add(response.json()["node"])
+            if len(seen) == 2:
+                break
+    assert len(seen) == 2, "both workers answer on the one port"
+    clients = [await JsonClient.connect(relay.url("r")) for _ in range(6)]
+    for index, client in enumerate(clients):
+        await client.send(type="say", text=f"from {index}")
+    for client in clients:
+        got = [await client.expect("message") for _ in clients]
+        assert [m["seq"] for m in got] == list(range(1, len(clients) + 1))
+    assert relay.stop() == 0
+
+
+async def test_owner_actions_reach_members_on_other_nodes(
+    redis_server: RedisProcess, relay_factory: Callable[..., RelayProcess]
+) -> None:
+    a, b = nodes(relay_factory, redis_server, 2)
+    owner = await JsonClient.connect(a.url("r"))
+    assert owner.welcome["owner"] == owner.welcome["you"]
+    guest = await JsonClient.connect(b.url("r"))
+    assert guest.welcome["owner"] == owner.welcome["you"], "one owner on every node"
+    await owner.send(type="topic", text="cluster topic")
+    got = await guest.expect("topic")
+    assert (got["topic"], got["by"]) == ("cluster topic", owner.welcome["you"])
+    await owner.send(type="kick", name=guest.welcome["you"])
+    kicked = await guest.expect("kick")
+    assert kicked["name"] == guest.welcome["you"]
+    code, _ = await closed(guest.ws)
+    assert code == 4001
+    await owner.expect("leave", name=guest.welcome["you"])
+    other = await JsonClient.connect(b.url("r"))
+    await owner.send(type="close")
+    code, reason = await closed(other.ws)
+    assert code == 4002 and owner.welcome["you"] in reason
+    fresh = await JsonClient.connect(b.url("r"))
+    assert fresh.welcome["seq"] == 0 and fresh.welcome["topic"] is None

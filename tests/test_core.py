@@ -153,7 +153,7 @@ def test_token_name_held_by_someone_else_gets_a_fresh_name() -> None:
     thief = joined(hub)
     send(hub, thief, type="nick", name="Alice")
     assert thief.last()["code"] == "name_taken"  # still alice's, for the grace period
-    clock.now += hub.name_grace
+    clock.now += hub.identities.name_grace
     send(hub, thief, type="nick", name="Alice")
     assert thief.user.name == "Alice"
     again = joined(hub, token=token)

@@ -14,14 +14,21 @@ from pathlib import Path
 
 import pytest
 
-# Not sqlite3 yet: the accounts registry (relay/accounts.py) is SQLite itself, not a backend
-# behind an interface; issue 11 splits the store along its concerns.
+# Not sqlite3 yet: the hub builds its default accounts registry (SQLiteRegistry, in
+# relay/accounts.py with the interface); issue 11 splits the store along its concerns.
 FRAMEWORKS = ("asyncio", "starlette", "uvicorn", "textual", "websockets")
 RULES = {
     # The relay's core: rooms, members, fan-out, identities. No event loop, server or database
     # client (redis-py is an optional extra: a plain install has none).
     "relay.core": (*FRAMEWORKS, "redis"),
+    "relay.model": (*FRAMEWORKS, "redis"),
+    "relay.identities": (*FRAMEWORKS, "redis"),
+    "relay.dms": (*FRAMEWORKS, "redis"),
+    "relay.owners": (*FRAMEWORKS, "redis"),
+    "relay.remote": (*FRAMEWORKS, "redis"),
     "relay.cluster": (*FRAMEWORKS, "redis"),
+    # redis-py is an optional extra: only relay/redis_*.py and relay/store/redis.py import it.
+    "relay.cli": ("redis",),
     "relay.names": FRAMEWORKS,
     "relay.store": FRAMEWORKS,
     # Both sides' shared protocol code depends on neither side.

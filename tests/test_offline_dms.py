@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from relay.core import HELD_PAGE_CHARS
+from relay.dms import HELD_PAGE_CHARS
 from relay.store.sqlite import SQLiteStore
 from tests.relayproc import JsonClient, RelayProcess, eventually
 from tests.test_core import Recorder, joined, make_hub, send

@@ -47,7 +47,7 @@ end
 # channel, plain line (JSON). Published: the message's JSON, a newline, the plain line's JSON
 # (compact JSON has no raw newline), so a node hands the message's JSON on as it came.
 # Returns {seq, epoch}.
-_ADD = (
+ADD_SCRIPT = _ADD = (
     _EPOCH
     + """
 local e = epoch(KEYS[1], KEYS[3], ARGV[1], ARGV[2])
@@ -90,6 +90,26 @@ redis.call('HSET', KEYS[1], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 if ARGV[5] == '1' then redis.call('SADD', KEYS[4], ARGV[1]) end
 """
+# KEYS: seen, chosen, owners, names, idnames; ARGV: cutoff. Forgets up to 500 identities not seen
+# since the cutoff that never chose a name, own no room and have no DMs waiting; the others
+# leave `seen` (kept for good, until seen again). Returns how many were forgotten.
+_FORGET = """
+local forgotten = 0
+for _, subject in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 500)) do
+  redis.call('ZREM', KEYS[1], subject)
+  local chosen = redis.call('SISMEMBER', KEYS[2], subject) == 1
+  local owner = redis.call('SISMEMBER', KEYS[3], subject) == 1
+  if not chosen and not owner and redis.call('EXISTS', 'chat:dms:' .. subject) == 0 then
+    local old_key = cjson.decode(redis.call('HGET', KEYS[5], subject .. '/key') or 'null')
+    if old_key and redis.call('HGET', KEYS[4], old_key) == subject then
+      redis.call('HDEL', KEYS[4], old_key)
+    end
+    redis.call('HDEL', KEYS[5], subject, subject .. '/key')
+    forgotten = forgotten + 1
+  end
+end
+return forgotten
+"""
 # KEYS: the mailbox; ARGV: 'sender' or 'ids', then the sender or the ids. Keeps the others.
 _FILTER_DMS = """
 local kept = {}
@@ -123,6 +143,7 @@ class RedisStore(Store):
         self,
         url: str,
         history_limit: int = 1000,
+        forget_days: float = 30.0,
         clock: Callable[[], float] = time.time,
         client: redis.Redis | None = None,
     ) -> None:
@@ -130,6 +151,7 @@ class RedisStore(Store):
             url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT, decode_responses=True
         )
         self._limit = max(1, history_limit)
+        self._forget_seconds = forget_days * 86400.0
         self._clock = clock
         self._problem: str | None = None
         self.failures = 0
@@ -138,6 +160,7 @@ class RedisStore(Store):
         self._append = self._redis.register_script(_APPEND)
         self._set_name = self._redis.register_script(_SET_NAME)
         self._filter_dms = self._redis.register_script(_FILTER_DMS)
+        self._forget = self._redis.register_script(_FORGET)
         self._salt = self._call(self._load_salt)
 
     def _load_salt(self) -> str:
@@ -206,6 +229,15 @@ class RedisStore(Store):
 
     def add(self, room: str, message: Event, plain: str | None = None) -> Event:
         """Number `message`, keep it and publish it to every node, in one step."""
+        keys, args = self.add_call(room, message, plain)
+        seq, _ = self._call(lambda: self._add(keys=keys, args=args))
+        message["seq"] = int(seq)
+        return message
+
+    def add_call(
+        self, room: str, message: Event, plain: str | None
+    ) -> tuple[list[str], list[str | int | float]]:
+        """The keys and arguments of `add`'s script (ADD_SCRIPT), for a pipeline of them."""
         head, tail = _split(message)
         keys = [self._meta(room), self._log(room), self._gen(room)]
         args: list[str | int | float] = [
@@ -217,9 +249,12 @@ class RedisStore(Store):
             room_channel(room),
             json.dumps(plain, ensure_ascii=False),
         ]
-        seq, _ = self._call(lambda: self._add(keys=keys, args=args))
-        message["seq"] = int(seq)
-        return message
+        return keys, args
+
+    def failed(self, reason: str) -> None:
+        """A call made elsewhere (a pipeline of adds) failed: off until `probe` succeeds."""
+        self.failures += 1
+        self._problem = reason
 
     def append(self, room: str, message: Event) -> None:
         keys = [self._meta(room), self._log(room), self._gen(room)]
@@ -272,7 +307,14 @@ class RedisStore(Store):
         return _str(self._call(lambda: self._redis.hget(self._meta(room), "owner")))
 
     def set_owner(self, room: str, subject: str) -> None:
-        self._call(lambda: self._redis.hset(self._meta(room), "owner", subject))
+        def work() -> None:
+            pipe = self._redis.pipeline()
+            pipe.hset(self._meta(room), "owner", subject)
+            # Who ever owned a room is never forgotten as idle (see forget_idle).
+            pipe.sadd("chat:owners", subject)
+            pipe.execute()
+
+        self._call(work)
 
     def topic(self, room: str) -> str | None:
         return _str(self._call(lambda: self._redis.hget(self._meta(room), "topic")))
@@ -308,6 +350,18 @@ class RedisStore(Store):
 
     def subject_of(self, name: str) -> str | None:
         return _str(self._call(lambda: self._redis.hget("chat:names", key(name))))
+
+    def forget_idle(self) -> int:
+        """Forget a batch of idle anonymous identities (as SQLite does); how many went.
+
+        Every one-off connection leaves an identity: without this they would fill Redis.
+        The node's heartbeat calls it now and then; any node may, the script is atomic.
+        """
+        if not self._forget_seconds:
+            return 0
+        keys = ["chat:seen", "chat:chosen", "chat:owners", "chat:names", "chat:idnames"]
+        cutoff = self._clock() - self._forget_seconds
+        return int(self._call(lambda: self._forget(keys=keys, args=[cutoff])))
 
     # -- DMs ------------------------------------------------------------------------------------
 
