@@ -155,6 +155,8 @@ class Hub(RemoteHooks):
             if self.store.owner(room_name) is None:
                 self.store.set_owner(room_name, user.subject)
             room = self.rooms[room_name] = Room(room_name, room_epoch, room_seq)
+            members = self.backplane.members(room_name)
+            room.told = None if members is None else set(members)
             self.backplane.open_room(room_name)
         elif self.backplane.ordered:
             self._catch_up(room)

@@ -122,7 +122,7 @@ class User:
 class Room:
     """Live state of a room: exists while it has members. Its history lives in the store."""
 
-    __slots__ = ("clients", "epoch", "name", "seq", "users")
+    __slots__ = ("clients", "epoch", "name", "seq", "told", "users")
 
     def __init__(self, name: str, epoch: str = "", seq: int = 0) -> None:
         self.name = name
@@ -131,6 +131,9 @@ class Room:
         # With an ordering backplane: the history epoch, and the last seq handed to members.
         self.epoch = epoch
         self.seq = seq
+        # With a backplane, until the node hears the room: who was in it on other nodes when
+        # it started listening (joins and leaves before that reached nobody here).
+        self.told: set[str] | None = None
 
     def member_names(self, also: User | None = None) -> list[str]:
         names = [user.name for user in self.users]

@@ -86,9 +86,22 @@ class RemoteHooks:
             self._fanout_local(room, Outgoing(message, _message_plain(message)))
 
     def catch_up(self: HubSide, room_name: str) -> None:
+        """The node hears the room now: hand on what was said and who came or went meanwhile."""
         room = self.rooms.get(room_name)
-        if room is not None:
-            self._catch_up(room)
+        if room is None:
+            return
+        self._catch_up(room)
+        told, room.told = room.told, None
+        now = self.backplane.members(room.name)
+        if told is None or now is None:
+            return
+        here = {user.name for user in room.users}
+        ts = p.now_rfc3339()
+        for kind, names in (("join", set(now) - told), ("leave", told - set(now))):
+            for name in sorted(names - here):
+                what = "joined" if kind == "join" else "left"
+                event = {"type": kind, "room": room.name, "name": name, "ts": ts}
+                self._fanout_local(room, Outgoing(event, f"{name} :: {what} the chat"))
 
     def present_again(self: HubSide) -> None:
         """This node's presence was lost (Redis away too long): its members join again.

@@ -240,3 +240,22 @@ async def test_owner_actions_reach_members_on_other_nodes(
     assert code == 4002 and owner.welcome["you"] in reason
     fresh = await JsonClient.connect(b.url("r"))
     assert fresh.welcome["seq"] == 0 and fresh.welcome["topic"] is None
+
+
+async def test_a_room_new_on_a_node_learns_everyone_who_joined_elsewhere_meanwhile(
+    redis_server: RedisProcess, relay_factory: Callable[..., RelayProcess]
+) -> None:
+    a, b = nodes(relay_factory, redis_server, 2)
+    for attempt in range(3):
+        room = f"race-{attempt}"
+        # The room is new on node B while these join on A: B subscribes to the room as they do.
+        joining = [asyncio.create_task(JsonClient.connect(a.url(room))) for _ in range(15)]
+        watcher = await JsonClient.connect(b.url(room))
+        others = await asyncio.gather(*joining)
+        names = {client.welcome["you"] for client in others}
+        known = set(watcher.welcome["members"])
+        while not names <= known:
+            event = await watcher.expect("join")
+            known.add(event["name"])
+        for client in [watcher, *others]:
+            await client.close()
