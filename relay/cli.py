@@ -149,12 +149,10 @@ class RelayServer(uvicorn.Server):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_SECONDS
         # A stop that hangs is a bug, but the operator's SIGTERM must still end the process:
-        # say what was stuck, then go.
-        watchdog = loop.call_later(DRAIN_SECONDS + STUCK_SECONDS, _stuck)
-        try:
-            await self._shutdown(sockets, deadline)
-        finally:
-            watchdog.cancel()
+        # say what was stuck, then go. Left armed after this method: the loop also has to
+        # finish its remaining tasks; once it has closed, the timer is gone with it.
+        loop.call_later(DRAIN_SECONDS + STUCK_SECONDS, _stuck)
+        await self._shutdown(sockets, deadline)
 
     async def _shutdown(self, sockets: list[socket.socket] | None, deadline: float) -> None:
         loop = asyncio.get_running_loop()

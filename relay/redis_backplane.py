@@ -44,6 +44,8 @@ NODES = "chat:nodes"
 HEARTBEAT_TTL = 10.0
 RETRY_FIRST = 0.1
 RETRY_LAST = 5.0
+# How long a stopping node waits for its loops to end.
+STOP_SECONDS = 1.0
 # How often a node forgets a batch of idle identities (RedisStore.forget_idle).
 FORGET_SECONDS = 60.0
 
@@ -137,6 +139,8 @@ class RedisBackplane(Backplane):
         self.swept = 0
         # Whether the subscriber holds a working subscription: a node hears the others then.
         self._listening = False
+        # Set by `stop`: the loops end even if a library swallowed their cancellation.
+        self._stopping = False
         # Messages waiting to be numbered: sent as one pipeline, one pipeline at a time, so
         # each sender's messages keep their order.
         self._outbox: list[tuple[list[str], list[str | int | float], Event, Refusal]] = []
@@ -159,11 +163,11 @@ class RedisBackplane(Backplane):
 
     async def stop(self) -> None:
         """Leave the cluster: nothing of this node stays for the others to sweep."""
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=STOP_SECONDS)
         with contextlib.suppress(redis.RedisError):
             self._sync.delete(f"chat:alive:{self.node}")
             self._sweep_now(self.node)
@@ -329,7 +333,7 @@ class RedisBackplane(Backplane):
         """Keep the node subscribed to what it wants; after a break, resubscribe and resync."""
         delay = RETRY_FIRST
         first = True
-        while True:
+        while not self._stopping:
             client = redis.asyncio.Redis.from_url(
                 self._url, socket_connect_timeout=TIMEOUT, decode_responses=True
             )
@@ -434,7 +438,7 @@ class RedisBackplane(Backplane):
         sweep = client.register_script(_SWEEP)
         forget_at = 0.0
         try:
-            while True:
+            while not self._stopping:
                 try:
                     await client.set(f"chat:alive:{self.node}", 1, px=int(self._ttl * 1000))
                     if await client.sadd(NODES, self.node) and self.hub is not None:
