@@ -623,7 +623,8 @@ class Hub(RemoteHooks):
         notice: Event = {"type": "announce", "id": self._next_id(), "ts": p.now_rfc3339()}
         rooms = self._announce_here({**notice, "text": text})
         self.backplane.publish_all({**notice, "text": text}, None)
-        return {**notice, "text": text}, rooms
+        everywhere = self.backplane.rooms()
+        return {**notice, "text": text}, rooms if everywhere is None else len(everywhere)
 
     def _announce_here(self, notice: Event) -> int:
         rooms = list(self.rooms.values())

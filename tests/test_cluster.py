@@ -119,6 +119,7 @@ async def test_a_killed_node_s_clients_resume_elsewhere_and_its_members_leave(
     b.stop(signal.SIGKILL)
     for n in range(5, 8):
         await watcher.send(type="say", text=f"m{n}")
+    await watcher.expect("message", text="m7")
     # The client resumes through another node with what it last saw: no gap, no duplicate.
     resumed = await JsonClient.connect(
         a.url("r", f"token={doomed.welcome['token']}&since={last}&epoch={epoch}")
@@ -259,3 +260,30 @@ async def test_a_room_new_on_a_node_learns_everyone_who_joined_elsewhere_meanwhi
             known.add(event["name"])
         for client in [watcher, *others]:
             await client.close()
+
+
+async def test_announcements_and_read_markers_cross_nodes(
+    redis_server: RedisProcess, relay_factory: Callable[..., RelayProcess]
+) -> None:
+    key = "cluster-key"
+    a, b = nodes(relay_factory, redis_server, 2, "--key", key)
+    auth = f"key={key}"
+    writer = await JsonClient.connect(a.url("r", auth))
+    reader = await JsonClient.connect(b.url("r", auth))
+    elsewhere = await JsonClient.connect(b.url("other", auth))
+    await writer.send(type="say", text="read me")
+    said = await reader.expect("message", text="read me")
+    await reader.send(type="read", seq=said["seq"])
+    # The author, on another node, learns it was read.
+    seen = await writer.expect("read")
+    assert (seen["name"], seen["seq"]) == (reader.welcome["you"], said["seq"])
+    async with httpx.AsyncClient() as http:
+        posted = await http.post(
+            f"{a.http}/announce",
+            json={"text": "maintenance at noon"},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+    assert posted.status_code == 201 and posted.json()["rooms"] == 2, posted.text
+    for client in (writer, reader, elsewhere):
+        notice = await client.expect("announce")
+        assert notice["text"] == "maintenance at noon"
