@@ -208,13 +208,16 @@ class Identities:
         another identity may take it, and the old one gets a fresh name when it returns.
         A registered name is its identity's for good.
         """
+        return self._reserved(name, subject, self.store.subject_of(name))
+
+    def _reserved(self, name: str, subject: str, owner: str | None) -> bool:
+        """`reserved_for_other`, given the identity the store says holds the name."""
         account = self.registry.account_named(name)
         if account is not None:
             return account.subject != subject
         holder = self.names.get(key(name))
         if holder is not None:
             return holder.subject != subject
-        owner = self.store.subject_of(name)
         if owner is None or owner == subject:
             return False
         return self.clock() - self._left_at.get(owner, self._started) < self.name_grace
@@ -226,14 +229,18 @@ class Identities:
         problem = name_problem(new)
         if problem is not None:
             raise Refused(p.BAD_NAME, problem)
-        if self.reserved_for_other(new, user.subject):
-            raise Refused(p.NAME_TAKEN, f"{new} is already taken (or looks like a name that is)")
+        taken = f"{new} is already taken (or looks like a name that is)"
+        owner = self.store.subject_of(new)
+        if self._reserved(new, user.subject, owner):
+            raise Refused(p.NAME_TAKEN, taken)
         if new == user.name:
             return False
+        # Another relay on the same store may have given the name away since `owner` was read.
+        if not self.store.claim_name(user.subject, new, owner):
+            raise Refused(p.NAME_TAKEN, taken)
         del self.names[key(user.name)]
         self.names[key(new)] = user
         user.name = new
-        self.store.set_identity_name(user.subject, new, chosen=True)
         return True
 
     def online(self, name: str) -> User | None:

@@ -287,3 +287,33 @@ async def test_announcements_and_read_markers_cross_nodes(
     for client in (writer, reader, elsewhere):
         notice = await client.expect("announce")
         assert notice["text"] == "maintenance at noon"
+
+
+async def test_two_nodes_never_give_one_name_to_two_people(
+    redis_server: RedisProcess, relay_factory: Callable[..., RelayProcess]
+) -> None:
+    a, b = nodes(relay_factory, redis_server, 2)
+    left = await JsonClient.connect(a.url("r"))
+    right = await JsonClient.connect(b.url("r"))
+    for attempt in range(20):
+        name = f"wanted{attempt}"
+        await asyncio.gather(
+            left.ws.send(f'{{"type":"nick","name":"{name}","cid":"n{attempt}"}}'),
+            right.ws.send(f'{{"type":"nick","name":"{name}","cid":"n{attempt}"}}'),
+        )
+        outcomes = []
+        for client in (left, right):
+            while True:
+                event = await client.next()
+                if event.get("cid") == f"n{attempt}" or (
+                    event["type"] == "nick"
+                    and event["new"] == name
+                    and event["old"] == client.welcome["you"]
+                ):
+                    outcomes.append(event["type"])
+                    break
+        assert sorted(outcomes) == ["error", "nick"], (name, outcomes)
+        winner = left if outcomes[0] == "nick" else right
+        # The winner gives the name back up for the next round.
+        await winner.send(type="nick", name=winner.welcome["you"])
+        await winner.expect("nick", new=winner.welcome["you"])

@@ -280,6 +280,19 @@ def test_a_new_name_leaves_no_stale_mapping(store: Store) -> None:
     assert store.identity_name("s-2") == "alice" and store.identity_name("s-1") == "carol"
 
 
+def test_a_name_is_claimed_only_from_the_holder_the_claimer_saw(store: Store) -> None:
+    assert store.claim_name("s-1", "dana", None)
+    assert store.subject_of("Dana") == "s-1"
+    # s-2 saw the name free, but s-1 took it since: refused, nothing changes.
+    assert not store.claim_name("s-2", "dana", None)
+    assert store.subject_of("dana") == "s-1" and store.identity_name("s-2") is None
+    # Taking it over from the holder it saw (the hub decided s-1 was away long enough).
+    assert store.claim_name("s-2", "dana", "s-1")
+    assert store.subject_of("dana") == "s-2" and store.identity_name("s-2") == "dana"
+    # Its own name again is always its own.
+    assert store.claim_name("s-2", "Dana", None)
+
+
 # -- DMs and consent -------------------------------------------------------------------------------
 
 

@@ -109,6 +109,19 @@ class IdentityStore(ABC):
     def subject_of(self, name: str) -> str | None:
         """The identity that holds `name` or a look-alike of it (see `relay.names.key`), if any."""
 
+    def claim_name(self, subject: str, name: str, holder: str | None) -> bool:
+        """Give `subject` the name it chose, if the name is still `holder`'s (None: nobody's).
+
+        The caller decided from `subject_of` that `name` may be taken; this refuses when it
+        changed since. One step in a store shared by several relays, so that two of them
+        cannot both give one name away; in a store of one relay, the hub is that step.
+        """
+        current = self.subject_of(name)
+        if current is not None and current not in (holder, subject):
+            return False
+        self.set_identity_name(subject, name, chosen=True)
+        return True
+
 
 class MailboxStore(ABC):
     """Per identity: DMs held until it can take them; per pair of identities: DM consent."""

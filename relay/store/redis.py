@@ -77,6 +77,11 @@ return {epoch(KEYS[1], KEYS[2], ARGV[1], ARGV[2]), seq}
 """
 )
 # KEYS: names, idnames, seen, chosen; ARGV: subject, name, name key, now, chosen.
+# The same, for a chosen name, if the name's holder is still ARGV[6] ('' for nobody).
+_CLAIM_CHECK = """
+local current = redis.call('HGET', KEYS[1], ARGV[3])
+if current and current ~= ARGV[1] and current ~= ARGV[6] then return 0 end
+"""
 _SET_NAME = """
 local old = redis.call('HGET', KEYS[2], ARGV[1])
 if old and old ~= ARGV[2] then
@@ -159,6 +164,7 @@ class RedisStore(Store):
         self._peek = self._redis.register_script(_PEEK)
         self._append = self._redis.register_script(_APPEND)
         self._set_name = self._redis.register_script(_SET_NAME)
+        self._claim = self._redis.register_script(_CLAIM_CHECK + _SET_NAME + "return 1\n")
         self._filter_dms = self._redis.register_script(_FILTER_DMS)
         self._forget = self._redis.register_script(_FORGET)
         self._salt = self._call(self._load_salt)
@@ -350,6 +356,11 @@ class RedisStore(Store):
 
     def subject_of(self, name: str) -> str | None:
         return _str(self._call(lambda: self._redis.hget("chat:names", key(name))))
+
+    def claim_name(self, subject: str, name: str, holder: str | None) -> bool:
+        keys = ["chat:names", "chat:idnames", "chat:seen", "chat:chosen"]
+        args: list[str | int | float] = [subject, name, key(name), self._clock(), "1", holder or ""]
+        return bool(self._call(lambda: self._claim(keys=keys, args=args)))
 
     def forget_idle(self) -> int:
         """Forget a batch of idle anonymous identities (as SQLite does); how many went.
