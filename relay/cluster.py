@@ -60,8 +60,18 @@ class Backplane:
     ) -> None:
         """Hand a room event (not a message) to the other nodes' members (`to`: only those)."""
 
-    def publish_user(self, subject: str, event: Event, plain: str | None) -> bool:
-        """Hand an event to the identity's connections on other nodes; True when it has some."""
+    def publish_user(
+        self, subject: str, event: Event, plain: str | None, sender: str | None = None
+    ) -> bool:
+        """Hand an event to the identity's connections on other nodes; True when it has some.
+
+        `sender`: the event is a DM from that identity, which a node that no longer has the
+        recipient keeps in its mailbox (it left while the DM was on its way).
+        """
+        return False
+
+    def online_elsewhere(self, subject: str) -> bool:
+        """Whether the identity is connected to some other node."""
         return False
 
     def publish_all(self, event: Event, plain: str | None) -> None:

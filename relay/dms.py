@@ -86,7 +86,8 @@ class DirectMessages:
             raise Refused(p.DM_DECLINED, f"{event['to']} declined your messages")
         if state == ACCEPTED and (
             # Online here, or somewhere else (the other node delivers it).
-            self.backplane.publish_user(subject, event, _dm(event).plain) or recipient is not None
+            self.backplane.publish_user(subject, event, _dm(event).plain, sender.subject)
+            or recipient is not None
         ):
             outgoing = _dm(event)
             self.to_user(sender.subject, outgoing, publish=subject != sender.subject)

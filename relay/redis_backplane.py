@@ -260,13 +260,24 @@ class RedisBackplane(Backplane):
             envelope["to"] = to
         self._publish(room_channel(room), envelope)
 
-    def publish_user(self, subject: str, event: Event, plain: str | None) -> bool:
-        data = json.dumps({"u": subject, "e": event, "p": plain}, ensure_ascii=False)
+    def publish_user(
+        self, subject: str, event: Event, plain: str | None, sender: str | None = None
+    ) -> bool:
+        envelope = {"u": subject, "e": event, "p": plain, "o": self.node, "s": sender}
+        data = json.dumps(envelope, ensure_ascii=False)
         try:
             return bool(self._to_user(keys=[_online(subject)], args=[self.node, data]))
         except redis.RedisError as exc:
             self._fail(exc)
             return False
+
+    def online_elsewhere(self, subject: str) -> bool:
+        try:
+            nodes = self._sync.hkeys(_online(subject))
+        except redis.RedisError as exc:
+            self._fail(exc)
+            return False
+        return any(str(node) != self.node for node in nodes)
 
     def publish_all(self, event: Event, plain: str | None) -> None:
         self._publish(ALL, {"e": event, "p": plain})
@@ -423,7 +434,7 @@ class RedisBackplane(Backplane):
             if channel == ALL:
                 hub.remote_all(envelope["e"])
             elif channel == self._channel:
-                hub.remote_user(envelope["u"], envelope["e"], envelope.get("p"))
+                hub.remote_user(envelope["u"], envelope["e"], envelope.get("p"), envelope.get("s"))
         except Exception:
             # One bad event from another node must not stop this node's subscriber.
             log.exception("redis backplane: could not hand on an event from %s", channel)

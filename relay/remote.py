@@ -7,6 +7,7 @@ catch up from the shared store when a subscription missed something.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -142,11 +143,18 @@ class RemoteHooks:
         elif kind == "closed":
             self.close_room(room, f"room closed by {event.get('by')}")
 
-    def remote_user(self: HubSide, subject: str, event: Event, plain: str | None) -> None:
+    def remote_user(
+        self: HubSide, subject: str, event: Event, plain: str | None, sender: str | None = None
+    ) -> None:
         """An event for an identity, sent on another node (a DM, a request, an answer)."""
         user = self.identities.users.get(subject)
         if user is not None:
             self.deliver_all(user.clients, Outgoing(event, plain))
+        elif sender is not None and not self.backplane.online_elsewhere(subject):
+            # The recipient left this node while its DM was on the way: keep it, as for
+            # anyone offline, rather than drop what the sender was told was delivered.
+            with contextlib.suppress(StoreUnavailable):
+                self.store.hold_dm(subject, sender, event)
 
     def remote_all(self: HubSide, event: Event) -> None:
         """An announcement made on another node."""

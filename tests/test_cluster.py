@@ -103,6 +103,14 @@ async def test_dms_cross_nodes(
     assert again["from"] == alice.welcome["you"]
     echo = await alice.expect("dm", text="again")
     assert not echo.get("held") and not echo.get("queued")
+    # Offline: kept in Redis, and handed over on whichever node bob comes back to.
+    await bob.close()
+    await alice.send(type="dm", to=bob.welcome["you"], text="while you were away")
+    queued = await alice.expect("dm", text="while you were away")
+    assert queued.get("queued") is True
+    back = await JsonClient.connect(a.url("r", f"token={bob.welcome['token']}"))
+    kept = await back.expect("dm", text="while you were away")
+    assert kept["from"] == alice.welcome["you"]
 
 
 async def test_a_killed_node_s_clients_resume_elsewhere_and_its_members_leave(

@@ -556,3 +556,14 @@ def test_close_all_flushes_everyone() -> None:
     clients = [joined(hub, f"r{i}") for i in range(3)]
     hub.close_all(1001, "going away")
     assert all(client.closed == (1001, "going away", True) for client in clients)
+
+
+def test_a_dm_from_another_node_for_someone_who_just_left_is_kept() -> None:
+    hub = make_hub()
+    dm = {"type": "dm", "id": "x-1", "from": "alice", "to": "bob", "text": "on its way"}
+    # bob was on this node when alice's node sent it, and left before it arrived.
+    hub.remote_user("s-bob", dm, "alice -> bob :: on its way", sender="s-alice")
+    assert hub.store.held_dms("s-bob") == [("s-alice", dm)]
+    # Not a DM (a request, an answer): nothing to keep.
+    hub.remote_user("s-bob", {"type": "dm_accepted", "by": "carol"}, None)
+    assert len(hub.store.held_dms("s-bob")) == 1
