@@ -93,6 +93,8 @@ class Hub(RemoteHooks):
         self.limits = limits = limits or Limits()
         self.clock = clock
         self.registry = registry = registry or SQLiteRegistry(None)
+        # What the store or the registry raises when it cannot be asked now: refuse the joiner.
+        self._unreachable: tuple[type[Exception], ...] = (StoreUnavailable, *registry.unavailable)
         # Runs slow work (password hashing) and hands its result back on the hub's thread;
         # the WebSocket layer replaces it with a worker thread.
         self.offload: Offload = _inline
@@ -147,7 +149,12 @@ class Hub(RemoteHooks):
     ) -> None:
         """Admit `client` to a room: welcome and replay (JSON) first, then the live stream."""
         user = self.identities.login(token)
+        generation = self.registry.generation(user.subject)
         room = self.rooms.get(room_name)
+        if room is not None and self.backplane.ordered:
+            self._catch_up(room)
+            # A room whose history began anew was closed by the catch-up: start it afresh.
+            room = self.rooms.get(room_name)
         if room is None:
             # Everything the store must answer comes before any change here: when it cannot
             # answer (StoreUnavailable), the joiner is refused and nothing is left behind.
@@ -158,18 +165,16 @@ class Hub(RemoteHooks):
             members = self.backplane.members(room_name)
             room.told = None if members is None else set(members)
             self.backplane.open_room(room_name)
-        elif self.backplane.ordered:
-            self._catch_up(room)
         client.user = user
         client.room = room
-        client.generation = self.registry.generation(user.subject)
+        client.generation = generation
         self.clients.add(client)
         self.metrics.connections_total += 1
         try:
             if client.json:
                 self._welcome(client, room, backlog, since, epoch)
             self.dms.deliver_waiting(client, first=not user.clients)
-        except StoreUnavailable:
+        except self._unreachable:
             client.room = None
             self.clients.discard(client)
             self._forget_room_if_empty(room)
@@ -715,7 +720,8 @@ class Hub(RemoteHooks):
 
     def close_room(self, room: Room, reason: str) -> None:
         """Close every connection of this node in the room (its owner closed it)."""
-        del self.rooms[room.name]
+        # Dropping a slow member while telling them can already have forgotten the room.
+        self.rooms.pop(room.name, None)
         self.backplane.close_room(room.name)
         for member in list(room.clients):
             member.room = None

@@ -109,10 +109,11 @@ class OwnerActions:
     def on_close(self, client: Client, request: Event) -> None:
         room, user = self._owner(client)
         event = {"type": "closed", "room": room.name, "by": user.name, "ts": p.now_rfc3339()}
-        self.hub.fanout(room, Outgoing(event, f"{user.name} :: closed the room"))
-        self.hub.close_room(room, f"room closed by {user.name}")
+        # Forgotten first: a member of another node who rejoins when told must find it new.
         self.store.delete_room(room.name)
         self.store.release(room.name)
+        self.hub.fanout(room, Outgoing(event, f"{user.name} :: closed the room"))
+        self.hub.close_room(room, f"room closed by {user.name}")
         self.registry.set_private(room.name, False, set())
 
     def on_private(self, client: Client, request: Event) -> None:

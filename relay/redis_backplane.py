@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -44,6 +45,8 @@ NODES = "chat:nodes"
 HEARTBEAT_TTL = 10.0
 RETRY_FIRST = 0.1
 RETRY_LAST = 5.0
+# After a failed call, how long the hub's calls are answered without asking Redis.
+HOLD = 2.0
 # How long a stopping node waits for its loops to end.
 STOP_SECONDS = 1.0
 # How often a node forgets a batch of idle identities (RedisStore.forget_idle).
@@ -141,6 +144,8 @@ class RedisBackplane(Backplane):
         self._listening = False
         # Set by `stop`: the loops end even if a library swallowed their cancellation.
         self._stopping = False
+        self._quiet_until = 0.0
+        self._held = False
         # Messages waiting to be numbered: sent as one pipeline, one pipeline at a time, so
         # each sender's messages keep their order.
         self._outbox: list[tuple[list[str], list[str | int | float], Event, Refusal]] = []
@@ -227,6 +232,8 @@ class RedisBackplane(Backplane):
         self._want(room_channel(room), False)
 
     def open_user(self, subject: str) -> None:
+        if self._holding():
+            return
         try:
             pipe = self._sync.pipeline()
             pipe.hset(_online(subject), self.node, 1)
@@ -236,6 +243,8 @@ class RedisBackplane(Backplane):
             self._fail(exc)
 
     def close_user(self, subject: str) -> None:
+        if self._holding():
+            return
         try:
             pipe = self._sync.pipeline()
             pipe.hdel(_online(subject), self.node)
@@ -245,6 +254,8 @@ class RedisBackplane(Backplane):
             self._fail(exc)
 
     def _publish(self, channel: str, envelope: dict[str, Any]) -> int:
+        if self._holding():
+            return 0
         data = json.dumps({**envelope, "o": self.node}, ensure_ascii=False)
         try:
             return int(self._sync.publish(channel, data))
@@ -263,6 +274,8 @@ class RedisBackplane(Backplane):
     def publish_user(
         self, subject: str, event: Event, plain: str | None, sender: str | None = None
     ) -> bool:
+        if self._holding():
+            return False
         envelope = {"u": subject, "e": event, "p": plain, "o": self.node, "s": sender}
         data = json.dumps(envelope, ensure_ascii=False)
         try:
@@ -272,6 +285,8 @@ class RedisBackplane(Backplane):
             return False
 
     def online_elsewhere(self, subject: str) -> bool:
+        if self._holding():
+            return False
         try:
             nodes = self._sync.hkeys(_online(subject))
         except redis.RedisError as exc:
@@ -283,6 +298,8 @@ class RedisBackplane(Backplane):
         self._publish(ALL, {"e": event, "p": plain})
 
     def joined(self, room: str, name: str) -> bool:
+        if self._holding():
+            return True
         try:
             keys, args = [_present(room), self._mine, LIVE], [name, f"{room}\n{name}", room]
             return bool(self._join(keys=keys, args=args))
@@ -291,6 +308,8 @@ class RedisBackplane(Backplane):
             return True
 
     def left(self, room: str, name: str) -> bool:
+        if self._holding():
+            return True
         try:
             keys, args = [_present(room), self._mine, LIVE], [name, f"{room}\n{name}", room]
             return bool(self._leave(keys=keys, args=args))
@@ -299,6 +318,8 @@ class RedisBackplane(Backplane):
             return True
 
     def members(self, room: str) -> list[str] | None:
+        if self._holding():
+            return None
         try:
             return [str(name) for name in self._sync.hkeys(_present(room))]
         except redis.RedisError as exc:
@@ -306,6 +327,8 @@ class RedisBackplane(Backplane):
             return None
 
     def rooms(self) -> dict[str, int] | None:
+        if self._holding():
+            return None
         try:
             live = sorted(str(room) for room in self._sync.smembers(LIVE))
             pipe = self._sync.pipeline(transaction=False)
@@ -337,6 +360,11 @@ class RedisBackplane(Backplane):
         if self._problem is None:
             log.error("redis backplane: %s", exc)
         self._problem = f"redis: {exc}"
+        # Not asked again for a moment: a hung Redis must not freeze the loop on every call.
+        self._quiet_until = time.monotonic() + HOLD
+
+    def _holding(self) -> bool:
+        return time.monotonic() < self._quiet_until
 
     # -- the subscriber -------------------------------------------------------------------------
 
@@ -358,8 +386,10 @@ class RedisBackplane(Backplane):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                     await client.aclose()
             first = False
+            # A subscription that held starts the backoff again from the shortest wait.
+            delay = RETRY_FIRST if self._held else min(delay * 2, RETRY_LAST)
+            self._held = False
             await asyncio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
-            delay = min(delay * 2, RETRY_LAST)
 
     async def _listen(self, pubsub: redis.asyncio.client.PubSub, first: bool) -> None:
         assert self.hub is not None and self._changed is not None
@@ -372,7 +402,7 @@ class RedisBackplane(Backplane):
                 log.warning("redis backplane: subscribed again; catching up")
             if not first or self._store.problem() is not None:
                 await asyncio.to_thread(self._store.probe)
-            self._listening = True
+            self._listening = self._held = True
             if self._store.problem() is None:
                 self._problem = None
                 self._present_again()
@@ -461,7 +491,9 @@ class RedisBackplane(Backplane):
                             gone = await sweep(keys=_sweep_keys(node), args=[node])
                             self._announce_gone(gone)
                     if self._store.problem() is not None:
-                        await asyncio.to_thread(self._store.probe)
+                        if await asyncio.to_thread(self._store.probe) and self.hub is not None:
+                            # What was refused or missed meanwhile: delivered now, in order.
+                            self.hub.resync()
                     elif asyncio.get_running_loop().time() >= forget_at:
                         forget_at = asyncio.get_running_loop().time() + FORGET_SECONDS
                         with contextlib.suppress(StoreUnavailable):

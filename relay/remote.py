@@ -40,7 +40,7 @@ class HubSide(Protocol):
 
     def _announce_here(self, notice: Event) -> int: ...
 
-    def _catch_up(self, room: Room) -> None: ...
+    def _catch_up(self, room: Room) -> bool: ...
 
 
 class RemoteHooks:
@@ -57,34 +57,38 @@ class RemoteHooks:
         if seq <= room.seq:
             return
         if seq > room.seq + 1:
-            self._catch_up(room)
+            if not self._catch_up(room):
+                # The store cannot say what was missed: hand on nothing past the gap now;
+                # `resync` does, once the store answers again.
+                return
             if seq <= room.seq:
                 return
         room.seq = seq
         self._fanout_local(room, Outgoing(message, plain, encoded))
 
-    def _catch_up(self: HubSide, room: Room) -> None:
+    def _catch_up(self: HubSide, room: Room) -> bool:
         """Hand on what the shared store has beyond what this node delivered in the room.
 
         Runs when the subscription missed something: it had not started yet, or it broke.
         A room whose history began anew (Redis came back empty) is closed here with 1012, so
-        its clients join again and learn the new epoch.
+        its clients join again and learn the new epoch. False: the store could not answer.
         """
         try:
             epoch, latest = self.store.room(room.name)
             if latest <= room.seq and epoch == room.epoch:
-                return
+                return True
             missed = self.store.after(room.name, room.seq) if epoch == room.epoch else None
         except StoreUnavailable:
-            return
+            return False
         if missed is None:
             for client in list(room.clients):
                 self.leave(client)
                 client.close(p.CLOSE_RESTART, "the room's history was reset: join again", True)
-            return
+            return True
         for message in missed:
             room.seq = message["seq"]
             self._fanout_local(room, Outgoing(message, _message_plain(message)))
+        return True
 
     def catch_up(self: HubSide, room_name: str) -> None:
         """The node hears the room now: hand on what was said and who came or went meanwhile."""

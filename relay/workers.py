@@ -41,9 +41,11 @@ def supervise(argv: list[str], host: str, port: int, workers: int) -> int:
     def stop(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
+        # SIGTERM whatever came: a Ctrl-C in the terminal already sent SIGINT to every worker,
+        # and a second SIGINT would make them skip their drain.
         for child in children:
             if child.poll() is None:
-                child.send_signal(signum)
+                child.send_signal(signal.SIGTERM)
 
     children = [subprocess.Popen(command) for _ in range(workers)]
     signal.signal(signal.SIGTERM, stop)
@@ -57,6 +59,8 @@ def supervise(argv: list[str], host: str, port: int, workers: int) -> int:
                 f"worker {child.pid} exited with {child.returncode}; starting another", flush=True
             )
             time.sleep(max(0.0, started[index] + RESTART_SECONDS - time.monotonic()))
+            if stopping:
+                break
             started[index] = time.monotonic()
             children[index] = subprocess.Popen(command)
         time.sleep(0.2)

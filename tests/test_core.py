@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from relay.cluster import Backplane
 from relay.core import Client, Hub, Limits, Outgoing, PostError
-from relay.store import MemoryStore
+from relay.store import MemoryStore, StoreUnavailable
 from relay.tokens import TokenSigner
 
 
@@ -567,3 +568,58 @@ def test_a_dm_from_another_node_for_someone_who_just_left_is_kept() -> None:
     # Not a DM (a request, an answer): nothing to keep.
     hub.remote_user("s-bob", {"type": "dm_accepted", "by": "carol"}, None)
     assert len(hub.store.held_dms("s-bob")) == 1
+
+
+class OrderedAlone(Backplane):
+    """A backplane that orders messages through the store, with no other node (a clock-free
+    stand-in: the hub hands on only what `remote_message` brings)."""
+
+    ordered = True
+
+
+def test_a_joiner_after_the_history_was_reset_gets_the_new_room() -> None:
+    hub = Hub(
+        MemoryStore(), TokenSigner(b"test-secret"), Limits(rate=0.0), backplane=OrderedAlone()
+    )
+    first = joined(hub)
+    old_epoch = first.events[0]["epoch"]
+    # Another node closed the room (or Redis came back empty): the store starts it anew.
+    hub.store.delete_room("r")
+    second = joined(hub)
+    assert first.closed is not None and first.closed[0] == 1012
+    welcome = second.events[0]
+    assert welcome["type"] == "welcome" and welcome["epoch"] != old_epoch
+    assert hub.rooms["r"].clients == {second: None}
+
+
+class FlakyStore(MemoryStore):
+    """A shared store that cannot be asked while `down` (as a Redis that went away)."""
+
+    down = False
+
+    def after(self, room: str, seq: int) -> list[dict[str, Any]] | None:
+        if self.down:
+            raise StoreUnavailable("redis: gone")
+        return super().after(room, seq)
+
+    def room(self, room: str) -> tuple[str, int]:
+        if self.down:
+            raise StoreUnavailable("redis: gone")
+        return super().room(room)
+
+
+def test_a_gap_the_store_cannot_fill_now_is_filled_later_never_skipped() -> None:
+    store = FlakyStore()
+    hub = Hub(store, TokenSigner(b"test-secret"), Limits(rate=0.0), backplane=OrderedAlone())
+    member = joined(hub)
+    messages = []
+    for n in (1, 2, 3):
+        draft = {"type": "message", "room": "r", "id": f"m{n}", "seq": 0, "from": "x"}
+        messages.append(store.add("r", {**draft, "text": f"t{n}"}))
+    store.down = True
+    # Only seq 3 arrives (1 and 2 were missed) while the store cannot say what they were.
+    hub.remote_message("r", messages[2], "x :: t3", json.dumps(messages[2]))
+    assert [e["seq"] for e in member.events if e["type"] == "message"] == []
+    store.down = False
+    hub.resync()
+    assert [e["seq"] for e in member.events if e["type"] == "message"] == [1, 2, 3]

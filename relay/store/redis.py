@@ -195,6 +195,11 @@ class RedisStore(Store):
             if "OOM" in str(exc) or "READONLY" in str(exc) or "BUSY" in str(exc):
                 self._problem = f"redis: {exc}"
             raise StoreUnavailable(f"redis: {exc}") from None
+        except redis.RedisError as exc:
+            # Anything else from the client (a garbled reply): off, as for a lost connection.
+            self.failures += 1
+            self._problem = f"redis: {exc}"
+            raise StoreUnavailable(self._problem) from None
 
     def problem(self) -> str | None:
         return self._problem
