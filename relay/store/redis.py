@@ -115,6 +115,13 @@ for _, subject in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], '
 end
 return forgotten
 """
+# KEYS: meta, reads. Forgets a room that has nothing worth keeping (no message, no topic).
+_RELEASE = """
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+if seq == 0 and redis.call('HEXISTS', KEYS[1], 'topic') == 0 then
+  redis.call('DEL', KEYS[1], KEYS[2])
+end
+"""
 # KEYS: the mailbox; ARGV: 'sender' or 'ids', then the sender or the ids. Keeps the others.
 _FILTER_DMS = """
 local kept = {}
@@ -167,6 +174,7 @@ class RedisStore(Store):
         self._claim = self._redis.register_script(_CLAIM_CHECK + _SET_NAME + "return 1\n")
         self._filter_dms = self._redis.register_script(_FILTER_DMS)
         self._forget = self._redis.register_script(_FORGET)
+        self._release = self._redis.register_script(_RELEASE)
         self._salt = self._call(self._load_salt)
 
     def _load_salt(self) -> str:
@@ -308,9 +316,10 @@ class RedisStore(Store):
         self._call(work)
 
     def release(self, room: str) -> None:
-        meta = self._call(lambda: self._redis.hgetall(self._meta(room)))
-        if meta and not int(meta.get("seq", 0)) and "topic" not in meta:
-            self._call(lambda: self._redis.delete(self._meta(room), self._reads(room)))
+        # One script: another node may write the room's first message between a look and a
+        # delete, and a deleted seq would then be handed out twice.
+        keys = [self._meta(room), self._reads(room)]
+        self._call(lambda: self._release(keys=keys))
 
     # -- rooms --------------------------------------------------------------------------------
 
