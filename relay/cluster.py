@@ -85,6 +85,10 @@ class Backplane:
         """`name` left `room` on this node; True when it is now in it on no node."""
         return True
 
+    def stale(self, here: set[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The (room, name) this node is listed with elsewhere but no longer has (`here`)."""
+        return []
+
     def members(self, room: str) -> list[str] | None:
         """Every name in `room` on any node, or None when this node's own are all there are."""
         return None

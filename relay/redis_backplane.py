@@ -317,6 +317,15 @@ class RedisBackplane(Backplane):
             self._fail(exc)
             return True
 
+    def stale(self, here: set[tuple[str, str]]) -> list[tuple[str, str]]:
+        try:
+            listed = self._sync.hkeys(self._mine)
+        except redis.RedisError as exc:
+            self._fail(exc)
+            return []
+        pairs = [str(field).split("\n", 1) for field in listed]
+        return [(pair[0], pair[1]) for pair in pairs if len(pair) == 2 and tuple(pair) not in here]
+
     def members(self, room: str) -> list[str] | None:
         if self._holding():
             return None

@@ -115,6 +115,12 @@ class RemoteHooks:
         """
         for user in list(self.identities.users.values()):
             self.backplane.open_user(user.subject)
+        # And what a failed call left listed (a leave during the outage) leaves now.
+        here = {(room.name, user.name) for room in self.rooms.values() for user in room.users}
+        for room_name, name in self.backplane.stale(here):
+            if self.backplane.left(room_name, name):
+                event = {"type": "leave", "room": room_name, "name": name, "ts": p.now_rfc3339()}
+                self.backplane.publish_room(room_name, event, f"{name} :: left the chat")
         for room in list(self.rooms.values()):
             for user in list(room.users):
                 if self.backplane.joined(room.name, user.name):

@@ -623,3 +623,28 @@ def test_a_gap_the_store_cannot_fill_now_is_filled_later_never_skipped() -> None
     store.down = False
     hub.resync()
     assert [e["seq"] for e in member.events if e["type"] == "message"] == [1, 2, 3]
+
+
+class Listed(OrderedAlone):
+    """Another node still lists a member this node lost while Redis was away."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict[str, Any]]] = []
+
+    def stale(self, here: set[tuple[str, str]]) -> list[tuple[str, str]]:
+        return [pair for pair in [("r", "ghost"), *here] if pair not in here]
+
+    def publish_room(
+        self, room: str, event: dict[str, Any], plain: str | None, to: list[str] | None = None
+    ) -> None:
+        self.published.append((room, event))
+
+
+def test_presence_left_behind_by_a_failed_leave_is_cleared_on_recovery() -> None:
+    backplane = Listed()
+    hub = Hub(MemoryStore(), TokenSigner(b"test-secret"), Limits(rate=0.0), backplane=backplane)
+    joined(hub)
+    backplane.published.clear()
+    hub.present_again()
+    leaves = [(room, e["name"]) for room, e in backplane.published if e["type"] == "leave"]
+    assert leaves == [("r", "ghost")]
