@@ -409,7 +409,9 @@ class Hub(RemoteHooks):
             return
         line = plain(f"{user.name} :: ", text)
         message = self._draft(room.name, user.name, text, cid=cid)
-        if self.backplane.submit(room.name, message, line, self._refusal(client, cid)):
+        # Only a backplane that orders messages takes them: nothing more per message without one.
+        ordered = self.backplane.ordered
+        if ordered and self.backplane.submit(room.name, message, line, self._refusal(client, cid)):
             # Numbered later, with the other messages of this loop pass; its echo comes
             # back from the shared store like everyone else's.
             self.metrics.messages_in += 1
@@ -417,7 +419,7 @@ class Hub(RemoteHooks):
             message = self._numbered(room.name, message, line)
         if cid is not None:
             user.cids[cid] = (self.clock(), message)
-        if not self.backplane.ordered:
+        if not ordered:
             self._fanout_local(room, Outgoing(message, line))
 
     def _refusal(self, client: Client, cid: str | None) -> Callable[[str], None]:
