@@ -186,6 +186,8 @@ def _stuck() -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    if getattr(args, "redis", None):
+        _require_redis()
     if args.command == "tokens":
         sys.exit(_revoke(args))
     if args.command == "announce":
@@ -319,10 +321,8 @@ def _registry(args: argparse.Namespace) -> Registry:
     this relay's in STATE_DIR/accounts.db. Exits with one line when that cannot be had."""
     if not args.redis:
         return SQLiteRegistry(None if args.db == ":memory:" else args.state_dir / "accounts.db")
-    try:
-        from relay.redis_registry import RedisRegistry
-    except ImportError:
-        raise SystemExit(REDIS_MISSING) from None
+    from relay.redis_registry import RedisRegistry
+
     try:
         return RedisRegistry(args.redis)
     except (*RedisRegistry.unavailable, ValueError) as exc:
@@ -334,10 +334,8 @@ def _secret(args: argparse.Namespace) -> bytes:
     one kept in the state dir."""
     if not args.redis or args.secret:
         return load_secret(args.secret, args.state_dir)
-    try:
-        from relay.redis_registry import RedisRegistry, shared_secret
-    except ImportError:
-        raise SystemExit(REDIS_MISSING) from None
+    from relay.redis_registry import RedisRegistry, shared_secret
+
     try:
         return shared_secret(args.redis)
     except (*RedisRegistry.unavailable, ValueError) as exc:
@@ -364,14 +362,19 @@ def _capacity(max_connections: int) -> int:
     return capacity
 
 
+def _require_redis() -> None:
+    """One line and exit, rather than a traceback, when --redis is given without redis-py."""
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        raise SystemExit(REDIS_MISSING) from None
+
+
 def _cluster(args: argparse.Namespace, history: int) -> tuple[Store, Backplane]:
     """The Redis store and backplane; one line and exit when they cannot be had."""
-    try:
-        from relay.redis_backplane import RedisBackplane
-        from relay.store.redis import RedisStore
-    except ImportError:
-        needs = "chat-relay: --redis needs redis-py: pip install 'terminal-chat[redis]'"
-        raise SystemExit(needs) from None
+    from relay.redis_backplane import RedisBackplane
+    from relay.store.redis import RedisStore
+
     try:
         store = RedisStore(args.redis, history, forget_days=args.forget_identities_days)
     except (StoreUnavailable, ValueError) as exc:
