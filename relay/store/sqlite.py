@@ -408,32 +408,32 @@ class SQLiteStore(Store):
 
     # -- event-loop helpers ---------------------------------------------------------------------
 
-    def _peek(self, name: str) -> RoomState:
-        """The room, to look at: one that does not exist yet is shown empty but not created."""
+    def _cached(self, name: str) -> RoomState | None:
+        """The room if it exists, from memory or loaded into it; the most recently used now."""
         state = self._rooms.get(name)
         if state is not None:
             self._rooms.move_to_end(name)
             return state
         state = self._load(name)
-        if state is None:
-            return RoomState(name, self._new_epoch, 0)
-        self._keep(state)
+        if state is not None:
+            self._keep(state)
         return state
+
+    def _peek(self, name: str) -> RoomState:
+        """The room, to look at: one that does not exist yet is shown empty but not created."""
+        state = self._cached(name)
+        return RoomState(name, self._new_epoch, 0) if state is None else state
 
     def _room(self, name: str) -> RoomState:
         """The room, to change: created on its first change."""
-        state = self._rooms.get(name)
-        if state is not None:
-            self._rooms.move_to_end(name)
-            return state
-        state = self._load(name)
+        state = self._cached(name)
         if state is None:
             state = RoomState(name, self._new_epoch, 0)
             # The next room gets another: a room released and used again must not look
             # like the one before it to a client resuming with the old epoch.
             self._new_epoch = secrets.token_hex(6)
             self._change(state, CreateRoom(name, state.epoch))
-        self._keep(state)
+            self._keep(state)
         return state
 
     def _keep(self, state: RoomState) -> None:
