@@ -378,7 +378,8 @@ def _cluster(args: argparse.Namespace, history: int) -> tuple[Store, Backplane]:
     try:
         store = RedisStore(args.redis, history, forget_days=args.forget_identities_days)
     except (StoreUnavailable, ValueError) as exc:
-        raise SystemExit(f"chat-relay: cannot use Redis at {args.redis}: {exc}") from None
+        # Not the URL: it may carry Redis's password.
+        raise SystemExit(f"chat-relay: cannot use Redis: {exc}") from None
     return store, RedisBackplane(args.redis, store, ttl=args.node_ttl)
 
 
