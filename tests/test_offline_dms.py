@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 
+from relay.core import Hub
 from relay.dms import HELD_PAGE_CHARS
 from relay.store.sqlite import SQLiteStore
 from tests.relayproc import JsonClient, RelayProcess, eventually
@@ -65,13 +66,19 @@ class SlowSocket(Recorder):
         self.waiting.pop(0)()
 
 
-def test_held_dm_is_forgotten_only_once_written() -> None:
+def accepted_then_away() -> tuple[Hub, Recorder, str, str]:
+    """alice and bob in one room; bob accepts alice's DMs, then leaves: (hub, alice, bob, token)."""
     hub = make_hub()
     alice, bob = joined(hub, "r"), joined(hub, "r")
     bob_name, token = bob.of("welcome")[0]["you"], bob.of("welcome")[0]["token"]
     send(hub, alice, type="dm", to=bob_name, text="hi")
     send(hub, bob, type="dm_accept", **{"from": alice.of("welcome")[0]["you"]})
     hub.leave(bob)
+    return hub, alice, bob_name, token
+
+
+def test_held_dm_is_forgotten_only_once_written() -> None:
+    hub, alice, bob_name, token = accepted_then_away()
     count = 3 * HELD_PAGE_CHARS // 1000
     for i in range(count):
         send(hub, alice, type="dm", to=bob_name, text=f"{i} " + "y" * 1000)
@@ -102,12 +109,7 @@ def test_held_dm_is_forgotten_only_once_written() -> None:
 
 
 def test_connection_dropped_before_its_welcome_leaves_no_member() -> None:
-    hub = make_hub()
-    alice, bob = joined(hub, "r"), joined(hub, "r")
-    bob_name, token = bob.of("welcome")[0]["you"], bob.of("welcome")[0]["token"]
-    send(hub, alice, type="dm", to=bob_name, text="hi")
-    send(hub, bob, type="dm_accept", **{"from": alice.of("welcome")[0]["you"]})
-    hub.leave(bob)
+    hub, alice, bob_name, token = accepted_then_away()
     send(hub, alice, type="dm", to=bob_name, text="while you were out")
     stuck = Recorder()
     stuck.full = True
